@@ -1,6 +1,8 @@
-//! The Kubernetes adapter: CRD types, and (later) watches into `ClusterState` and writes.
+//! The Kubernetes adapter: CRD types, object-to-view translations, and watches into `ClusterState`.
 
 pub mod crd;
+pub mod views;
+pub mod watch;
 
 use kube::CustomResourceExt;
 

@@ -12,7 +12,12 @@
 //! Decisions (`model`, `plan`, and the `decide` parts of `extender`, `admission`, `disruption`)
 //! are pure functions over plain data; adapters translate Kubernetes and EC2 objects into them.
 
+pub mod certs;
 pub mod cli;
 pub mod cloud;
+pub mod extender;
 pub mod kube;
+pub mod metrics;
 pub mod model;
+pub mod server;
+pub mod state;

@@ -1,12 +1,53 @@
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
-use gantry::cli::{Cli, Command};
+use gantry::cli::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
 
 fn main() -> Result<()> {
     // Two providers can end up linked in; pick one before any TLS config is built.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
+    init_tracing(cli.log_format);
     match cli.command {
+        Command::Serve(args) => {
+            let config = args.into_config()?;
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(gantry::server::run(config, None))?;
+            Ok(())
+        }
+        Command::Certs(args) => {
+            let dns = if args.dns.is_empty() {
+                gantry::certs::DEFAULT_DNS
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            } else {
+                args.dns
+            };
+            let ips = if args.ip.is_empty() {
+                vec![std::net::IpAddr::from([127, 0, 0, 1])]
+            } else {
+                args.ip
+            };
+            let set = gantry::certs::generate(&dns, &ips)?;
+            gantry::certs::write(&set, &args.out)?;
+            eprintln!(
+                "wrote ca.crt, ca.key, server.crt, server.key, client.crt, client.key to {}",
+                args.out.display()
+            );
+            Ok(())
+        }
         Command::Crds(args) => gantry::kube::write_crds(args.out.as_deref()),
     }
 }

@@ -1,0 +1,151 @@
+//! Pure filter and prioritize decisions over plain node views.
+//!
+//! # Guarantees
+//! Every decision is a function of the pod facts and the node views alone: no I/O, no clock.
+
+use crate::model::Resources;
+use crate::model::labels::{TAINT_DISRUPTED, TAINT_INITIALIZING, TAINT_UNREGISTERED};
+use crate::state::NodeView;
+
+/// Reasons are short and fixed, so kube-scheduler's event text groups them (`0/N nodes are
+/// available: 3 node is still initializing`).
+pub mod reasons {
+    /// The node carries `gantry.dev/disrupted`.
+    pub const DISRUPTED: &str = "node is being disrupted by gantry";
+    /// The node carries `gantry.dev/initializing`.
+    pub const INITIALIZING: &str = "node is still initializing";
+    /// The node carries `gantry.dev/unregistered`.
+    pub const UNREGISTERED: &str = "node is not registered yet";
+    /// The node has a deletion timestamp.
+    pub const DELETING: &str = "node is being deleted";
+    /// Taking the pod would eat room held for other pending pods.
+    pub const RESERVED: &str = "room on node is reserved for other pending pods";
+}
+
+/// What the decisions need to know about the pod being scheduled.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodFacts {
+    /// Pod UID, to recognise its own reservation.
+    pub uid: String,
+    /// Effective requests.
+    pub requests: Resources,
+}
+
+/// Whether a node may take the pod: `None` to pass, or the reason it may not.
+///
+/// A node missing from the cache is passed by the caller (Gantry has no opinion on it).
+pub fn filter_node(pod: &PodFacts, node: &NodeView) -> Option<&'static str> {
+    if node.deleting {
+        return Some(reasons::DELETING);
+    }
+    if node.has_taint(TAINT_DISRUPTED) {
+        return Some(reasons::DISRUPTED);
+    }
+    if node.has_taint(TAINT_UNREGISTERED) {
+        return Some(reasons::UNREGISTERED);
+    }
+    if node.has_taint(TAINT_INITIALIZING) {
+        return Some(reasons::INITIALIZING);
+    }
+    if !node.reserved_pods.is_empty() && !node.reserved_pods.contains(&pod.uid) {
+        let mut after = node.requested.plus(&node.reserved);
+        after.add(&pod.requests);
+        if !after.fits_in(&node.allocatable) {
+            return Some(reasons::RESERVED);
+        }
+    }
+    None
+}
+
+/// A 0–10 score: 10 for the node reserved for this pod, otherwise packing (fuller is better).
+///
+/// Packing uses the larger of the CPU and memory fractions requested after placing the pod, so
+/// pods gather on busy nodes and consolidation finds empty ones. Unknown nodes score 0.
+pub fn score_node(pod: &PodFacts, node: Option<&NodeView>) -> i64 {
+    let Some(node) = node else { return 0 };
+    if node.reserved_pods.contains(&pod.uid) {
+        return 10;
+    }
+    let after = node.requested.plus(&pod.requests);
+    if !after.fits_in(&node.allocatable) {
+        return 0;
+    }
+    let share = after.dominant_share(&node.allocatable).clamp(0.0, 1.0);
+    // Keep 10 for reservations, so a reservation always out-ranks a merely full node.
+    ((share * 9.0).round() as i64).clamp(0, 9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Effect, Taint};
+
+    fn node(name: &str) -> NodeView {
+        NodeView {
+            name: name.into(),
+            allocatable: Resources::cpu_mem(4000, 16 << 30),
+            ready: true,
+            ..Default::default()
+        }
+    }
+
+    fn pod(uid: &str, cpu: i64) -> PodFacts {
+        PodFacts {
+            uid: uid.into(),
+            requests: Resources::cpu_mem(cpu, 1 << 30),
+        }
+    }
+
+    #[test]
+    fn filter_table() {
+        let p = pod("p", 500);
+        let tainted = |key: &str| {
+            let mut n = node("n");
+            n.taints.push(Taint::new(key, "true", Effect::NoSchedule));
+            n
+        };
+        assert_eq!(filter_node(&p, &node("n")), None);
+        assert_eq!(
+            filter_node(&p, &tainted(TAINT_DISRUPTED)),
+            Some(reasons::DISRUPTED)
+        );
+        assert_eq!(
+            filter_node(&p, &tainted(TAINT_INITIALIZING)),
+            Some(reasons::INITIALIZING)
+        );
+        assert_eq!(
+            filter_node(&p, &tainted(TAINT_UNREGISTERED)),
+            Some(reasons::UNREGISTERED)
+        );
+        assert_eq!(filter_node(&p, &tainted("other")), None);
+        let mut deleting = node("n");
+        deleting.deleting = true;
+        assert_eq!(filter_node(&p, &deleting), Some(reasons::DELETING));
+    }
+
+    #[test]
+    fn reservations_hold_room_for_their_pods_only() {
+        let mut n = node("n");
+        n.reserved = Resources::cpu_mem(3800, 1 << 30);
+        n.reserved_pods = vec!["r".into()];
+        assert_eq!(filter_node(&pod("other", 500), &n), Some(reasons::RESERVED));
+        assert_eq!(filter_node(&pod("other", 100), &n), None);
+        assert_eq!(filter_node(&pod("r", 3800), &n), None);
+        assert_eq!(score_node(&pod("r", 3800), Some(&n)), 10);
+    }
+
+    #[test]
+    fn scores_pack_and_unknown_is_zero() {
+        let mut busy = node("busy");
+        busy.requested = Resources::cpu_mem(3000, 1 << 30);
+        let idle = node("idle");
+        let p = pod("p", 500);
+        let (b, i) = (score_node(&p, Some(&busy)), score_node(&p, Some(&idle)));
+        assert!(b > i, "{b} > {i}");
+        assert!((0..=10).contains(&b) && (0..=10).contains(&i));
+        assert_eq!(score_node(&p, None), 0);
+        let mut full = node("full");
+        full.requested = Resources::cpu_mem(3900, 0);
+        assert_eq!(score_node(&p, Some(&full)), 0);
+    }
+}

@@ -1,0 +1,361 @@
+//! `ClusterIndex` (the single writer's mutable index) and `ClusterSnapshot` (what readers see).
+//!
+//! The index has synchronous `apply_*` / `delete_*` / `reset` methods over plain views, so tests
+//! drive it without an API server; the kube adapter turns watch events into these calls and
+//! publishes a new snapshot after each batch of events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::model::labels;
+use crate::model::{Resources, Taint};
+
+/// A node as decisions need it: identity, labels, taints, room and gating state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeView {
+    /// Node name.
+    pub name: String,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Node taints.
+    pub taints: Vec<Taint>,
+    /// What pods may use.
+    pub allocatable: Resources,
+    /// Sum of the requests of the non-terminal pods bound here.
+    pub requested: Resources,
+    /// Room held for pending pods reserved on this node (by their NodeClaim).
+    pub reserved: Resources,
+    /// UIDs of the pending pods that room is held for.
+    pub reserved_pods: Vec<String>,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// `spec.unschedulable` (cordoned).
+    pub unschedulable: bool,
+    /// The Ready condition is True.
+    pub ready: bool,
+    /// `spec.providerID`.
+    pub provider_id: Option<String>,
+}
+
+impl NodeView {
+    /// Whether a taint with this key is present.
+    pub fn has_taint(&self, key: &str) -> bool {
+        self.taints.iter().any(|t| t.key == key)
+    }
+
+    /// The NodeClaim that owns this node, from its label.
+    pub fn nodeclaim(&self) -> Option<&str> {
+        self.labels.get(labels::NODECLAIM).map(String::as_str)
+    }
+}
+
+/// A pod as the index needs it: where it is bound and what it requests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodView {
+    /// Pod UID, the key.
+    pub uid: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `spec.nodeName`, once bound.
+    pub node_name: Option<String>,
+    /// Effective requests (containers, init containers, overhead).
+    pub requests: Resources,
+    /// Succeeded or Failed pods no longer hold resources.
+    pub terminal: bool,
+    /// `PodScheduled=False` with reason `Unschedulable`.
+    pub unschedulable: bool,
+}
+
+/// An immutable view of the cluster; readers hold an `Arc` of it for as long as they like.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSnapshot {
+    /// Nodes by name.
+    pub nodes: HashMap<String, Arc<NodeView>>,
+    /// Whether the initial list of nodes and pods has completed.
+    pub synced: bool,
+    /// Monotonic version, bumped on every publish.
+    pub version: u64,
+}
+
+impl ClusterSnapshot {
+    /// Looks a node up by name.
+    pub fn node(&self, name: &str) -> Option<&NodeView> {
+        self.nodes.get(name).map(AsRef::as_ref)
+    }
+}
+
+/// The single writer's index of nodes and pods.
+#[derive(Debug, Default)]
+pub struct ClusterIndex {
+    nodes: HashMap<String, Arc<NodeView>>,
+    pods: HashMap<String, PodView>,
+    /// Requests of pods bound to nodes not (yet) seen, so a late node starts with the right sum.
+    orphan_requests: HashMap<String, Resources>,
+    nodes_synced: bool,
+    pods_synced: bool,
+    version: u64,
+}
+
+impl ClusterIndex {
+    /// An empty, unsynced index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a node, keeping the requested sum the pods give it.
+    pub fn apply_node(&mut self, mut node: NodeView) {
+        node.requested = self
+            .nodes
+            .get(&node.name)
+            .map(|n| n.requested.clone())
+            .or_else(|| self.orphan_requests.remove(&node.name))
+            .unwrap_or_default();
+        if let Some(old) = self.nodes.get(&node.name) {
+            node.reserved = old.reserved.clone();
+            node.reserved_pods = old.reserved_pods.clone();
+        }
+        self.nodes.insert(node.name.clone(), Arc::new(node));
+    }
+
+    /// Removes a node; its pods' requests are parked until it (or another of that name) returns.
+    pub fn delete_node(&mut self, name: &str) {
+        if let Some(n) = self.nodes.remove(name)
+            && !n.requested.is_empty()
+        {
+            self.orphan_requests
+                .insert(name.to_string(), n.requested.clone());
+        }
+    }
+
+    /// Adds or replaces a pod, moving its requests between nodes as needed.
+    pub fn apply_pod(&mut self, pod: PodView) {
+        if let Some(old) = self.pods.remove(&pod.uid) {
+            self.unaccount(&old);
+        }
+        self.account(&pod);
+        self.pods.insert(pod.uid.clone(), pod);
+    }
+
+    /// Removes a pod and its requests.
+    pub fn delete_pod(&mut self, uid: &str) {
+        if let Some(old) = self.pods.remove(uid) {
+            self.unaccount(&old);
+        }
+    }
+
+    /// Marks the initial node list done.
+    pub fn set_nodes_synced(&mut self) {
+        self.nodes_synced = true;
+    }
+
+    /// Marks the initial pod list done.
+    pub fn set_pods_synced(&mut self) {
+        self.pods_synced = true;
+    }
+
+    /// Clears nodes before a relist (the watcher restarted), keeping pods.
+    pub fn reset_nodes(&mut self) {
+        self.nodes.clear();
+        self.orphan_requests.clear();
+        for pod in self.pods.values() {
+            if let Some(n) = &pod.node_name
+                && !pod.terminal
+            {
+                self.orphan_requests
+                    .entry(n.clone())
+                    .or_default()
+                    .add(&pod.requests);
+            }
+        }
+    }
+
+    /// Clears pods before a relist, zeroing every node's requested sum.
+    pub fn reset_pods(&mut self) {
+        self.pods.clear();
+        self.orphan_requests.clear();
+        for n in self.nodes.values_mut() {
+            Arc::make_mut(n).requested = Resources::default();
+        }
+    }
+
+    /// Sets the room reserved on each node for pending pods (replacing the previous reservations).
+    ///
+    /// Pods already bound are dropped from a reservation: their requests are counted in `requested`.
+    pub fn set_reservations(&mut self, reserved: &HashMap<String, Vec<String>>) {
+        let pods = &self.pods;
+        for (name, node) in &mut self.nodes {
+            let mut total = Resources::default();
+            let mut uids = Vec::new();
+            for uid in reserved.get(name).map(Vec::as_slice).unwrap_or_default() {
+                if let Some(p) = pods.get(uid)
+                    && p.node_name.is_none()
+                    && !p.terminal
+                {
+                    total.add(&p.requests);
+                    uids.push(uid.clone());
+                }
+            }
+            if node.reserved != total || node.reserved_pods != uids {
+                let n = Arc::make_mut(node);
+                n.reserved = total;
+                n.reserved_pods = uids;
+            }
+        }
+    }
+
+    /// Pods that the scheduler marked unschedulable, for the demand ledger.
+    pub fn unschedulable_pods(&self) -> impl Iterator<Item = &PodView> {
+        self.pods
+            .values()
+            .filter(|p| p.unschedulable && p.node_name.is_none() && !p.terminal)
+    }
+
+    /// A pod by UID.
+    pub fn pod(&self, uid: &str) -> Option<&PodView> {
+        self.pods.get(uid)
+    }
+
+    /// Number of pods indexed.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// Builds an immutable snapshot; cheap, since node views are shared.
+    pub fn snapshot(&mut self) -> ClusterSnapshot {
+        self.version += 1;
+        ClusterSnapshot {
+            nodes: self.nodes.clone(),
+            synced: self.nodes_synced && self.pods_synced,
+            version: self.version,
+        }
+    }
+
+    fn account(&mut self, pod: &PodView) {
+        if pod.terminal {
+            return;
+        }
+        if let Some(node) = &pod.node_name {
+            match self.nodes.get_mut(node) {
+                Some(n) => Arc::make_mut(n).requested.add(&pod.requests),
+                None => self
+                    .orphan_requests
+                    .entry(node.clone())
+                    .or_default()
+                    .add(&pod.requests),
+            }
+        }
+    }
+
+    fn unaccount(&mut self, pod: &PodView) {
+        if pod.terminal {
+            return;
+        }
+        if let Some(node) = &pod.node_name {
+            if let Some(n) = self.nodes.get_mut(node) {
+                Arc::make_mut(n).requested.sub(&pod.requests);
+            } else if let Some(r) = self.orphan_requests.get_mut(node) {
+                r.sub(&pod.requests);
+            }
+        }
+    }
+}
+
+/// Where the writer publishes snapshots and readers load them, lock-free.
+#[derive(Debug, Clone, Default)]
+pub struct SharedState {
+    inner: Arc<ArcSwap<ClusterSnapshot>>,
+}
+
+impl SharedState {
+    /// A shared state holding an empty, unsynced snapshot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<ClusterSnapshot> {
+        self.inner.load_full()
+    }
+
+    /// Replaces the snapshot (writer only).
+    pub fn publish(&self, snapshot: ClusterSnapshot) {
+        self.inner.store(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> NodeView {
+        NodeView {
+            name: name.into(),
+            allocatable: Resources::cpu_mem(4000, 8 << 30),
+            ready: true,
+            ..Default::default()
+        }
+    }
+
+    fn pod(uid: &str, node: Option<&str>, cpu: i64) -> PodView {
+        PodView {
+            uid: uid.into(),
+            namespace: "default".into(),
+            name: uid.into(),
+            node_name: node.map(Into::into),
+            requests: Resources::cpu_mem(cpu, 0),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requested_follows_pods_in_any_order() {
+        let mut idx = ClusterIndex::new();
+        idx.apply_pod(pod("a", Some("n1"), 100)); // before its node exists
+        idx.apply_node(node("n1"));
+        idx.apply_pod(pod("b", Some("n1"), 200));
+        assert_eq!(idx.snapshot().node("n1").unwrap().requested.cpu, 300);
+        // Rebinding (or an update) moves the request.
+        idx.apply_pod(pod("b", Some("n2"), 200));
+        idx.apply_node(node("n2"));
+        let s = idx.snapshot();
+        assert_eq!(s.node("n1").unwrap().requested.cpu, 100);
+        assert_eq!(s.node("n2").unwrap().requested.cpu, 200);
+        idx.delete_pod("a");
+        let mut done = pod("b", Some("n2"), 200);
+        done.terminal = true;
+        idx.apply_pod(done);
+        let s = idx.snapshot();
+        assert_eq!(s.node("n1").unwrap().requested.cpu, 0);
+        assert_eq!(s.node("n2").unwrap().requested.cpu, 0);
+    }
+
+    #[test]
+    fn snapshots_are_immutable_and_sync_needs_both_lists() {
+        let mut idx = ClusterIndex::new();
+        idx.apply_node(node("n1"));
+        let before = idx.snapshot();
+        idx.apply_pod(pod("a", Some("n1"), 100));
+        assert_eq!(before.node("n1").unwrap().requested.cpu, 0);
+        assert!(!before.synced);
+        idx.set_nodes_synced();
+        assert!(!idx.snapshot().synced);
+        idx.set_pods_synced();
+        assert!(idx.snapshot().synced);
+    }
+
+    #[test]
+    fn relists_rebuild_sums() {
+        let mut idx = ClusterIndex::new();
+        idx.apply_node(node("n1"));
+        idx.apply_pod(pod("a", Some("n1"), 100));
+        idx.reset_nodes();
+        idx.apply_node(node("n1"));
+        assert_eq!(idx.snapshot().node("n1").unwrap().requested.cpu, 100);
+        idx.reset_pods();
+        assert_eq!(idx.snapshot().node("n1").unwrap().requested.cpu, 0);
+    }
+}
