@@ -3,6 +3,7 @@
 //! `wire` parses and renders the exact protocol, `decide` makes pure decisions over a
 //! [`ClusterSnapshot`](crate::state::ClusterSnapshot), and `routes` joins them to axum.
 
+pub mod client;
 pub mod decide;
 pub mod routes;
 pub mod wire;

@@ -91,18 +91,48 @@ impl AppState {
 }
 
 /// The HTTPS router: the extender plus any extra routes (the admission webhook).
-pub fn https_router(app: &AppState, limits: RequestLimits, extra: Option<Router>) -> Router {
-    let extender = crate::extender::routes::router(ExtenderState {
+///
+/// With `require_client_cert`, extender calls without a verified client certificate get 403.
+pub fn https_router(
+    app: &AppState,
+    limits: RequestLimits,
+    require_client_cert: bool,
+    extra: Option<Router>,
+) -> Router {
+    let mut extender = crate::extender::routes::router(ExtenderState {
         cluster: app.cluster.clone(),
         ledger: app.ledger.clone(),
         metrics: app.metrics.clone(),
         limits,
     });
+    if require_client_cert {
+        extender = extender.layer(axum::middleware::from_fn(require_peer_certificate));
+    }
     let router = match extra {
         Some(extra) => extender.merge(extra),
         None => extender,
     };
     router.layer(DefaultBodyLimit::max(limits.max_body_bytes))
+}
+
+async fn require_peer_certificate(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let verified = req
+        .extensions()
+        .get::<https::PeerIdentity>()
+        .is_some_and(|p| p.verified);
+    if verified {
+        next.run(req).await
+    } else {
+        (
+            axum::http::StatusCode::FORBIDDEN,
+            "a client certificate signed by the configured CA is required\n",
+        )
+            .into_response()
+    }
 }
 
 /// The plain-port router.
@@ -150,14 +180,9 @@ pub async fn run(config: ServeConfig, extra_routes: Option<Router>) -> Result<()
 
     let live: LiveTlsConfig = Arc::new(ArcSwapOption::empty());
     tasks.spawn(
-        tls::reload_loop(
-            config.tls.clone(),
-            live.clone(),
-            config.cert_reload_interval,
-            app.metrics.clone(),
-            loops.clone(),
-        )
-        .instrument(info_span!("tls_reload")),
+        tls::TlsReloader::new(config.tls.clone(), live.clone(), app.metrics.clone())
+            .run(config.cert_reload_interval, loops.clone())
+            .instrument(info_span!("tls_reload")),
     );
     // Readiness follows whether a certificate is live.
     let (ready_live, ready, cancel) = (live.clone(), app.readiness.clone(), loops.clone());
@@ -171,7 +196,12 @@ pub async fn run(config: ServeConfig, extra_routes: Option<Router>) -> Result<()
         }
     });
 
-    let router = https_router(&app, config.limits, extra_routes);
+    let router = https_router(
+        &app,
+        config.limits,
+        config.tls.client_ca.is_some(),
+        extra_routes,
+    );
     let https_task = tokio::spawn(
         https::serve_tls(
             https_listener,

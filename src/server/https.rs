@@ -15,6 +15,13 @@ use tracing::{debug, info, warn};
 
 use super::tls::LiveTlsConfig;
 
+/// Whether the TLS peer presented a client certificate that the configured CA verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// A verified client certificate was presented.
+    pub verified: bool,
+}
+
 /// How long a client gets to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,7 +72,20 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let service = TowerToHyperService::new(router);
+            // Record whether the peer proved a client certificate; routes that need one check it.
+            let verified = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty());
+            let service = TowerToHyperService::new(
+                tower::ServiceBuilder::new()
+                    .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(PeerIdentity { verified });
+                        req
+                    })
+                    .service(router),
+            );
             let builder = Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);

@@ -121,8 +121,12 @@ impl TlsFiles {
                         what: "certificate",
                     });
                 }
+                // Certificates are verified whenever presented, but not demanded at the TLS layer:
+                // the apiserver calls the admission webhook without one. The extender routes
+                // demand a verified certificate themselves (see `require_client_cert`).
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .allow_unauthenticated()
                         .build()?;
                 builder.with_client_cert_verifier(verifier)
             }
@@ -136,41 +140,79 @@ impl TlsFiles {
 /// The live server configuration; `None` until the files first load.
 pub type LiveTlsConfig = Arc<ArcSwapOption<ServerConfig>>;
 
-/// Loads the configuration now (if it can) and keeps reloading it on change until cancelled.
+/// Polls the TLS files and swaps in a new configuration when their contents change.
 ///
 /// # Guarantees
 /// A broken rotation (half-written files, mismatched key) keeps the previous configuration.
-pub async fn reload_loop(
+#[derive(Debug)]
+pub struct TlsReloader {
     files: TlsFiles,
     live: LiveTlsConfig,
-    interval: Duration,
     metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) {
-    let mut last: Option<[u8; 32]> = None;
-    loop {
-        match files.fingerprint() {
-            Ok(fp) if Some(fp) != last => match files.server_config() {
-                Ok(cfg) => {
-                    live.store(Some(Arc::new(cfg)));
-                    if last.is_some() {
-                        metrics.cert_reloads.inc();
-                        info!(cert = %files.cert.display(), "serving certificate reloaded");
-                    } else {
-                        info!(cert = %files.cert.display(), "serving certificate loaded");
-                    }
-                    last = Some(fp);
-                }
-                Err(e) => {
-                    warn!(error = %e, "tls files changed but do not load; keeping the previous configuration")
-                }
-            },
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "tls files unreadable"),
+    last: Option<[u8; 32]>,
+}
+
+/// What one poll did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The files are unchanged.
+    Unchanged,
+    /// A new configuration is live.
+    Reloaded,
+    /// The files changed (or are unreadable) but did not load; the old configuration stays.
+    Failed,
+}
+
+impl TlsReloader {
+    /// A reloader that publishes into `live`.
+    pub fn new(files: TlsFiles, live: LiveTlsConfig, metrics: Arc<Metrics>) -> Self {
+        TlsReloader {
+            files,
+            live,
+            metrics,
+            last: None,
         }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+    }
+
+    /// Checks the files once; tests call this directly instead of waiting for a timer.
+    pub fn poll_once(&mut self) -> ReloadOutcome {
+        let fp = match self.files.fingerprint() {
+            Ok(fp) => fp,
+            Err(e) => {
+                warn!(error = %e, "tls files unreadable");
+                return ReloadOutcome::Failed;
+            }
+        };
+        if Some(fp) == self.last {
+            return ReloadOutcome::Unchanged;
+        }
+        match self.files.server_config() {
+            Ok(cfg) => {
+                self.live.store(Some(Arc::new(cfg)));
+                if self.last.is_some() {
+                    self.metrics.cert_reloads.inc();
+                    info!(cert = %self.files.cert.display(), "serving certificate reloaded");
+                } else {
+                    info!(cert = %self.files.cert.display(), "serving certificate loaded");
+                }
+                self.last = Some(fp);
+                ReloadOutcome::Reloaded
+            }
+            Err(e) => {
+                warn!(error = %e, "tls files changed but do not load; keeping the previous configuration");
+                ReloadOutcome::Failed
+            }
+        }
+    }
+
+    /// Polls every `interval` until cancelled.
+    pub async fn run(mut self, interval: Duration, cancel: CancellationToken) {
+        loop {
+            self.poll_once();
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
         }
     }
 }
