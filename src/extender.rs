@@ -5,5 +5,6 @@
 
 pub mod client;
 pub mod decide;
+pub mod fixtures;
 pub mod routes;
 pub mod wire;

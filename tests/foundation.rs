@@ -102,7 +102,7 @@ fn golden_filter_nodenames() {
         uid: args.pod.metadata.uid.clone().unwrap(),
         ..Default::default()
     };
-    let (reply, passed) = decide_filter(&app.cluster.load(), &facts, args.candidates);
+    let (reply, passed) = decide_filter(&app.cluster.load(), &facts, &args.candidates);
     let v = serde_json::to_value(&reply).unwrap();
     assert_eq!(
         keys(&v),
@@ -138,7 +138,8 @@ fn golden_filter_full_nodes() {
         json!([{"key": TAINT_DISRUPTED, "value": "true", "effect": "NoSchedule"}]);
     let originals: Vec<Value> = items.clone();
     let args = parse_args(&serde_json::to_vec(&raw).unwrap()).unwrap();
-    let (reply, passed) = decide_filter(&app.cluster.load(), &PodFacts::default(), args.candidates);
+    let (reply, passed) =
+        decide_filter(&app.cluster.load(), &PodFacts::default(), &args.candidates);
     let v = serde_json::to_value(&reply).unwrap();
     assert_eq!(
         keys(&v),

@@ -131,7 +131,7 @@ async fn filter(State(state): State<ExtenderState>, body: Body) -> Response {
     let span = Span::current();
     span.record("pod.uid", facts.uid.as_str());
     span.record("nodes", args.candidates.len());
-    let (reply, passed) = decide_filter(&snapshot, &facts, args.candidates);
+    let (reply, passed) = decide_filter(&snapshot, &facts, &args.candidates);
     span.record("passed", passed);
     if passed == 0 {
         record_demand(&state, &args.pod, &reply);
@@ -148,18 +148,18 @@ async fn filter(State(state): State<ExtenderState>, body: Body) -> Response {
 pub fn decide_filter(
     snapshot: &ClusterSnapshot,
     pod: &PodFacts,
-    candidates: Candidates,
+    candidates: &Candidates,
 ) -> (ExtenderFilterResult, usize) {
     let mut failed = BTreeMap::new();
     match candidates {
         Candidates::Names(names) => {
             let mut passed = Vec::with_capacity(names.len());
             for name in names {
-                match snapshot.node(&name).and_then(|n| filter_node(pod, n)) {
+                match snapshot.node(name).and_then(|n| filter_node(pod, n)) {
                     Some(reason) => {
-                        failed.insert(name, reason.to_string());
+                        failed.insert(name.clone(), reason.to_string());
                     }
-                    None => passed.push(name),
+                    None => passed.push(name.clone()),
                 }
             }
             let n = passed.len();
@@ -172,18 +172,19 @@ pub fn decide_filter(
             };
             (reply, n)
         }
-        Candidates::Objects { mut list, items } => {
+        Candidates::Objects { list, items } => {
             let mut passed = Vec::with_capacity(items.len());
             for item in items {
-                let view = object_view(snapshot, &item);
+                let view = object_view(snapshot, item);
                 match filter_node(pod, &view) {
                     Some(reason) => {
                         failed.insert(view.name, reason.to_string());
                     }
-                    None => passed.push(item),
+                    None => passed.push(item.clone()),
                 }
             }
             let n = passed.len();
+            let mut list = list.clone();
             list.insert("items".into(), Value::Array(passed));
             let reply = ExtenderFilterResult {
                 nodes: Some(Value::Object(list)),

@@ -1,0 +1,157 @@
+//! HTTPS load generator: drives the real extender server over loopback.
+//!
+//! Starts `serve_tls` in-process on 127.0.0.1:0 with freshly generated certificates and a
+//! synthetic 5,000-node cache, then runs N keep-alive connections (default 16) for a fixed time
+//! (default 30 s), alternating filter and prioritize calls with 500 candidate names each, and
+//! prints requests/s, latency percentiles and errors. The request loop is bounded in time and stops
+//! by itself.
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- [--connections 16] [--seconds 30] [--names 500] [--h2]
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a load tool: a panic is a failed run
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use gantry::extender::client::{Alpn, ExtenderClient, tls_config};
+use gantry::extender::fixtures::{filter_request, synthetic_cluster};
+use gantry::extender::routes::RequestLimits;
+use gantry::server::tls::{TlsFiles, TlsReloader};
+use gantry::server::{AppState, https_router};
+use tokio_util::sync::CancellationToken;
+
+struct Args {
+    connections: usize,
+    seconds: u64,
+    names: usize,
+    h2: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        connections: 16,
+        seconds: 30,
+        names: 500,
+        h2: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut num = || {
+            it.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("number")
+        };
+        match flag.as_str() {
+            "--connections" => a.connections = num() as usize,
+            "--seconds" => a.seconds = num().min(600),
+            "--names" => a.names = num() as usize,
+            "--h2" => a.h2 = true,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let args = args();
+    const NODES: usize = 5_000;
+
+    let dir = tempfile::tempdir().unwrap();
+    let set =
+        gantry::certs::generate(&["localhost".into()], &["127.0.0.1".parse().unwrap()]).unwrap();
+    gantry::certs::write(&set, dir.path()).unwrap();
+    let app = AppState::new(Duration::from_secs(600));
+    app.cluster.publish(synthetic_cluster(NODES, 7));
+    let live = Arc::new(ArcSwapOption::empty());
+    let files = TlsFiles {
+        cert: dir.path().join("server.crt"),
+        key: dir.path().join("server.key"),
+        client_ca: None,
+    };
+    TlsReloader::new(files, live.clone(), app.metrics.clone()).poll_once();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let limits = RequestLimits {
+        max_body_bytes: 64 << 20,
+        timeout: Duration::from_secs(5),
+    };
+    let server = tokio::spawn(gantry::server::https::serve_tls(
+        listener,
+        https_router(&app, limits, false, None),
+        live,
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+
+    let bodies: Arc<Vec<Bytes>> = Arc::new(
+        (0..256)
+            .map(|i| Bytes::from(filter_request(NODES, args.names, i)))
+            .collect(),
+    );
+    let alpn = if args.h2 { Alpn::H2 } else { Alpn::Http1 };
+    let cfg = Arc::new(tls_config(set.ca_cert.as_bytes(), None, alpn).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..args.connections {
+        let (cfg, bodies) = (cfg.clone(), bodies.clone());
+        workers.push(tokio::spawn(async move {
+            let mut client = ExtenderClient::connect(addr, "localhost", cfg, "/scheduler")
+                .await
+                .unwrap();
+            let mut lat = Vec::with_capacity(200_000);
+            let mut errors = 0u64;
+            let mut i = w;
+            while Instant::now() < deadline {
+                let body = bodies[i % bodies.len()].clone();
+                let verb = if i % 2 == 0 { "filter" } else { "prioritize" };
+                i += 1;
+                let t = Instant::now();
+                match client.post(verb, body).await {
+                    Ok((s, b)) if s.is_success() && !b.is_empty() => {
+                        if verb == "filter" && !b.starts_with(b"{\"Nodes\":null,\"NodeNames\":[") {
+                            errors += 1;
+                        }
+                    }
+                    _ => errors += 1,
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for w in workers {
+        let (lat, e) = w.await.unwrap();
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = server.await;
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize];
+    println!(
+        "connections={} protocol={} names/request={} duration={:.1}s",
+        args.connections,
+        if args.h2 { "h2" } else { "http/1.1" },
+        args.names,
+        elapsed
+    );
+    println!(
+        "requests={} rps={:.0} p50={:.3}ms p99={:.3}ms max={:.3}ms errors={}",
+        all.len(),
+        all.len() as f64 / elapsed,
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        errors
+    );
+}
