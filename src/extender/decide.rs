@@ -57,22 +57,29 @@ pub fn filter_node(pod: &PodFacts, node: &NodeView) -> Option<&'static str> {
     None
 }
 
-/// A 0–10 score: 10 for the node reserved for this pod, otherwise packing (fuller is better).
+/// The score of the node reserved for the pod.
+pub const RESERVED_SCORE: i64 = 10;
+
+/// The highest packing score. Kept well below [`RESERVED_SCORE`] so that, at the extender weight
+/// the README derives (20), a reservation outweighs every in-tree score (1200 points at most):
+/// (10 − 3) × 20 × 10 = 1400 > 1200; while packing alone moves at most 3 × 20 × 10 = 600 points.
+pub const PACKING_MAX: i64 = 3;
+
+/// A 0–10 score: [`RESERVED_SCORE`] for the node reserved for this pod, otherwise packing.
 ///
 /// Packing uses the larger of the CPU and memory fractions requested after placing the pod, so
 /// pods gather on busy nodes and consolidation finds empty ones. Unknown nodes score 0.
 pub fn score_node(pod: &PodFacts, node: Option<&NodeView>) -> i64 {
     let Some(node) = node else { return 0 };
     if node.reserved_pods.contains(&pod.uid) {
-        return 10;
+        return RESERVED_SCORE;
     }
     let after = node.requested.plus(&pod.requests);
     if !after.fits_in(&node.allocatable) {
         return 0;
     }
     let share = after.dominant_share(&node.allocatable).clamp(0.0, 1.0);
-    // Keep 10 for reservations, so a reservation always out-ranks a merely full node.
-    ((share * 9.0).round() as i64).clamp(0, 9)
+    ((share * PACKING_MAX as f64).round() as i64).clamp(0, PACKING_MAX)
 }
 
 #[cfg(test)]
