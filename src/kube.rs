@@ -1,5 +1,6 @@
 //! The Kubernetes adapter: CRD types, object-to-view translations, and watches into `ClusterState`.
 
+pub mod api;
 pub mod crd;
 pub mod views;
 pub mod watch;

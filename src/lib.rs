@@ -20,4 +20,5 @@ pub mod kube;
 pub mod metrics;
 pub mod model;
 pub mod server;
+pub mod sim;
 pub mod state;

@@ -114,6 +114,11 @@ pub fn pod_view(pod: &Pod) -> PodView {
                     && c.reason.as_deref() == Some("Unschedulable")
             })
         });
+    let daemon = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet");
     PodView {
         uid: meta.uid.clone().unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_default(),
@@ -122,6 +127,11 @@ pub fn pod_view(pod: &Pod) -> PodView {
         requests,
         terminal: matches!(phase, Some("Succeeded") | Some("Failed")),
         unschedulable,
+        scheduler_name: spec
+            .and_then(|s| s.scheduler_name.clone())
+            .unwrap_or_else(|| "default-scheduler".to_string()),
+        daemon,
+        running: phase == Some("Running"),
     }
 }
 

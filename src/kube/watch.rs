@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::views::{node_view, pod_view};
 use crate::server::AppState;
-use crate::state::{ClusterIndex, DemandEntry, DemandSource};
+use crate::state::{ClusterIndex, DemandEntry, DemandLedger, DemandSource};
 
 /// Why no Kubernetes client could be built.
 #[derive(Debug, thiserror::Error)]
@@ -183,20 +183,25 @@ fn apply(index: &mut ClusterIndex, relist: &mut Relist, app: &AppState, event: W
     }
 }
 
-/// Indexes a pod and keeps the demand ledger in step with its scheduling state.
 fn apply_pod(index: &mut ClusterIndex, app: &AppState, pod: &Pod) {
+    index_pod(index, &app.ledger, pod, jiff::Timestamp::now());
+}
+
+/// Indexes a pod and keeps the demand ledger in step with its scheduling state; shared by the
+/// watches and the simulated cluster so both feed decisions the same way.
+pub fn index_pod(index: &mut ClusterIndex, ledger: &DemandLedger, pod: &Pod, now: jiff::Timestamp) {
     let view = pod_view(pod);
     if view.node_name.is_some() || view.terminal {
-        app.ledger.remove(&view.uid);
+        ledger.remove(&view.uid);
     } else if view.unschedulable {
-        app.ledger.record(DemandEntry {
+        ledger.record(DemandEntry {
             uid: view.uid.clone(),
             namespace: view.namespace.clone(),
             name: view.name.clone(),
             source: DemandSource::PodWatch,
             reason: "scheduler reported the pod unschedulable".into(),
-            first_seen_unix: jiff::Timestamp::now().as_second(),
+            first_seen_unix: now.as_second(),
         });
     }
-    index.apply_pod(view);
+    index.apply_pod_object(view, std::sync::Arc::new(pod.clone()));
 }

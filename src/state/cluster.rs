@@ -9,6 +9,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::kube::crd::{EC2NodeClass, NodeClaim, NodePool, conditions};
 use crate::model::labels;
 use crate::model::{Resources, Taint};
 
@@ -68,6 +72,12 @@ pub struct PodView {
     pub terminal: bool,
     /// `PodScheduled=False` with reason `Unschedulable`.
     pub unschedulable: bool,
+    /// `spec.schedulerName`.
+    pub scheduler_name: String,
+    /// Owned by a DaemonSet (runs on every node; never drained or planned).
+    pub daemon: bool,
+    /// Phase is Running.
+    pub running: bool,
 }
 
 /// An immutable view of the cluster; readers hold an `Arc` of it for as long as they like.
@@ -75,6 +85,18 @@ pub struct PodView {
 pub struct ClusterSnapshot {
     /// Nodes by name.
     pub nodes: HashMap<String, Arc<NodeView>>,
+    /// Pods not yet bound (and not terminal), with their full objects for planning.
+    pub pending: HashMap<String, Arc<Pod>>,
+    /// Pods bound to each node, by node name (for topology and drains).
+    pub pods_by_node: HashMap<String, Vec<Arc<Pod>>>,
+    /// NodeClaims by name.
+    pub nodeclaims: HashMap<String, Arc<NodeClaim>>,
+    /// NodePools by name.
+    pub nodepools: HashMap<String, Arc<NodePool>>,
+    /// EC2NodeClasses by name.
+    pub nodeclasses: HashMap<String, Arc<EC2NodeClass>>,
+    /// DaemonSets by namespace/name.
+    pub daemonsets: HashMap<String, Arc<DaemonSet>>,
     /// Whether the initial list of nodes and pods has completed.
     pub synced: bool,
     /// Monotonic version, bumped on every publish.
@@ -93,6 +115,11 @@ impl ClusterSnapshot {
 pub struct ClusterIndex {
     nodes: HashMap<String, Arc<NodeView>>,
     pods: HashMap<String, PodView>,
+    pod_objects: HashMap<String, Arc<Pod>>,
+    nodeclaims: HashMap<String, Arc<NodeClaim>>,
+    nodepools: HashMap<String, Arc<NodePool>>,
+    nodeclasses: HashMap<String, Arc<EC2NodeClass>>,
+    daemonsets: HashMap<String, Arc<DaemonSet>>,
     /// Requests of pods bound to nodes not (yet) seen, so a late node starts with the right sum.
     orphan_requests: HashMap<String, Resources>,
     nodes_synced: bool,
@@ -140,11 +167,96 @@ impl ClusterIndex {
         self.pods.insert(pod.uid.clone(), pod);
     }
 
+    /// Adds or replaces a pod together with its full object (kept for planning and drains).
+    pub fn apply_pod_object(&mut self, view: PodView, pod: Arc<Pod>) {
+        self.pod_objects.insert(view.uid.clone(), pod);
+        self.apply_pod(view);
+    }
+
     /// Removes a pod and its requests.
     pub fn delete_pod(&mut self, uid: &str) {
+        self.pod_objects.remove(uid);
         if let Some(old) = self.pods.remove(uid) {
             self.unaccount(&old);
         }
+    }
+
+    /// Adds or replaces a NodeClaim.
+    pub fn apply_nodeclaim(&mut self, claim: NodeClaim) {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        self.nodeclaims.insert(name, Arc::new(claim));
+    }
+
+    /// Removes a NodeClaim.
+    pub fn delete_nodeclaim(&mut self, name: &str) {
+        self.nodeclaims.remove(name);
+    }
+
+    /// Adds or replaces a NodePool.
+    pub fn apply_nodepool(&mut self, pool: NodePool) {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        self.nodepools.insert(name, Arc::new(pool));
+    }
+
+    /// Removes a NodePool.
+    pub fn delete_nodepool(&mut self, name: &str) {
+        self.nodepools.remove(name);
+    }
+
+    /// Adds or replaces an EC2NodeClass.
+    pub fn apply_nodeclass(&mut self, class: EC2NodeClass) {
+        let name = class.metadata.name.clone().unwrap_or_default();
+        self.nodeclasses.insert(name, Arc::new(class));
+    }
+
+    /// Removes an EC2NodeClass.
+    pub fn delete_nodeclass(&mut self, name: &str) {
+        self.nodeclasses.remove(name);
+    }
+
+    /// Adds or replaces a DaemonSet.
+    pub fn apply_daemonset(&mut self, ds: DaemonSet) {
+        let key = format!(
+            "{}/{}",
+            ds.metadata.namespace.as_deref().unwrap_or_default(),
+            ds.metadata.name.as_deref().unwrap_or_default()
+        );
+        self.daemonsets.insert(key, Arc::new(ds));
+    }
+
+    /// Removes a DaemonSet by `namespace/name`.
+    pub fn delete_daemonset(&mut self, key: &str) {
+        self.daemonsets.remove(key);
+    }
+
+    /// Recomputes the room held on nodes for the pending pods their NodeClaims were launched for.
+    ///
+    /// A reservation holds from launch until `window` after the claim is Initialized; after that
+    /// a pod that has not bound there competes like any other.
+    pub fn refresh_reservations(&mut self, now: jiff::Timestamp, window: std::time::Duration) {
+        let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
+        for claim in self.nodeclaims.values() {
+            let Some(status) = &claim.status else {
+                continue;
+            };
+            let Some(node) = &status.node_name else {
+                continue;
+            };
+            let expired = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == conditions::INITIALIZED && c.status == "True")
+                .and_then(|c| c.last_transition_time.as_deref())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| now.duration_since(t).as_secs_f64() > window.as_secs_f64());
+            if !expired {
+                by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .extend(status.reserved_pods.iter().map(|p| p.uid.clone()));
+            }
+        }
+        self.set_reservations(&by_node);
     }
 
     /// Marks the initial node list done.
@@ -176,6 +288,7 @@ impl ClusterIndex {
     /// Clears pods before a relist, zeroing every node's requested sum.
     pub fn reset_pods(&mut self) {
         self.pods.clear();
+        self.pod_objects.clear();
         self.orphan_requests.clear();
         for n in self.nodes.values_mut() {
             Arc::make_mut(n).requested = Resources::default();
@@ -224,11 +337,36 @@ impl ClusterIndex {
         self.pods.len()
     }
 
-    /// Builds an immutable snapshot; cheap, since node views are shared.
+    /// Builds an immutable snapshot; cheap, since node views and objects are shared.
     pub fn snapshot(&mut self) -> ClusterSnapshot {
         self.version += 1;
+        let mut pending = HashMap::new();
+        let mut pods_by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+        for (uid, view) in &self.pods {
+            if view.terminal {
+                continue;
+            }
+            let Some(obj) = self.pod_objects.get(uid) else {
+                continue;
+            };
+            match &view.node_name {
+                None => {
+                    pending.insert(uid.clone(), obj.clone());
+                }
+                Some(node) => pods_by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push(obj.clone()),
+            }
+        }
         ClusterSnapshot {
             nodes: self.nodes.clone(),
+            pending,
+            pods_by_node,
+            nodeclaims: self.nodeclaims.clone(),
+            nodepools: self.nodepools.clone(),
+            nodeclasses: self.nodeclasses.clone(),
+            daemonsets: self.daemonsets.clone(),
             synced: self.nodes_synced && self.pods_synced,
             version: self.version,
         }

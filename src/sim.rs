@@ -1,0 +1,4 @@
+//! The simulation: an in-process cluster, a fake kubelet and a scheduler stand-in that calls the
+//! real HTTPS extender, so `gantry demo` and the full-loop tests run the same code as `serve`.
+
+pub mod cluster;

@@ -1,0 +1,479 @@
+//! The simulated cluster: an in-memory API server holding real Kubernetes objects.
+//!
+//! It implements [`ClusterApi`] for the loops, and feeds the same `ClusterIndex` and demand
+//! ledger that the watches feed in `serve` (through `kube::watch::index_pod` and the view
+//! translations), publishing a snapshot after every change. The fake kubelet and the scheduler
+//! stand-in act on it directly, as the rest of Kubernetes would.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, PodStatus, Taint as K8sTaint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::kube::api::{ClusterApi, ClusterError, EventRecord, NodePatch};
+use crate::kube::crd::{EC2NodeClass, NodeClaim, NodeClaimStatus, NodePool};
+use crate::kube::views::node_view;
+use crate::kube::watch::index_pod;
+use crate::model::labels::TERMINATION_FINALIZER;
+use crate::state::{ClusterIndex, DemandLedger, SharedState};
+
+/// Counters the demo reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimCounters {
+    /// Pods evicted.
+    pub evictions: u64,
+    /// Evictions refused by a budget.
+    pub evictions_blocked: u64,
+    /// Events recorded.
+    pub events: u64,
+}
+
+/// The object store behind [`SimCluster`].
+#[derive(Debug, Default)]
+pub struct SimStore {
+    /// Virtual time.
+    pub now: jiff::Timestamp,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Node>,
+    /// Pods by UID.
+    pub pods: BTreeMap<String, Pod>,
+    /// NodeClaims by name.
+    pub claims: BTreeMap<String, NodeClaim>,
+    /// NodePools by name.
+    pub pools: BTreeMap<String, NodePool>,
+    /// EC2NodeClasses by name.
+    pub classes: BTreeMap<String, EC2NodeClass>,
+    /// DaemonSets.
+    pub daemonsets: Vec<DaemonSet>,
+    /// Recent events (bounded).
+    pub events: Vec<EventRecord>,
+    /// Counters.
+    pub counters: SimCounters,
+    /// Evictions a test wants refused, by `namespace/name`, with how many more times.
+    pub refuse_evictions: BTreeMap<String, u32>,
+    index: ClusterIndex,
+    seq: u64,
+}
+
+impl SimStore {
+    fn next_uid(&mut self, prefix: &str) -> String {
+        self.seq += 1;
+        format!("{prefix}-{:08x}-sim", self.seq)
+    }
+
+    fn time(&self) -> Time {
+        Time(self.now)
+    }
+}
+
+/// The simulated cluster; cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct SimCluster {
+    store: Mutex<SimStore>,
+    shared: SharedState,
+    ledger: DemandLedger,
+    reservation_window: Duration,
+}
+
+impl SimCluster {
+    /// An empty, synced cluster at virtual time `now`.
+    pub fn new(
+        now: jiff::Timestamp,
+        shared: SharedState,
+        ledger: DemandLedger,
+        reservation_window: Duration,
+    ) -> Arc<Self> {
+        let mut store = SimStore {
+            now,
+            ..Default::default()
+        };
+        store.index.set_nodes_synced();
+        store.index.set_pods_synced();
+        let c = Arc::new(SimCluster {
+            store: Mutex::new(store),
+            shared,
+            ledger,
+            reservation_window,
+        });
+        c.mutate(|_| ());
+        c
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimStore> {
+        // A poisoned lock means a panic elsewhere already failed the run; keep going with the data.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a change and publishes a fresh snapshot.
+    pub fn mutate<R>(&self, f: impl FnOnce(&mut SimStore) -> R) -> R {
+        let mut s = self.lock();
+        let r = f(&mut s);
+        let now = s.now;
+        s.index.refresh_reservations(now, self.reservation_window);
+        let snap = s.index.snapshot();
+        self.shared.publish(snap);
+        r
+    }
+
+    /// Reads the store.
+    pub fn read<R>(&self, f: impl FnOnce(&SimStore) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// The virtual time.
+    pub fn now(&self) -> jiff::Timestamp {
+        self.lock().now
+    }
+
+    /// Advances virtual time (reservations expire by it).
+    pub fn set_now(&self, now: jiff::Timestamp) {
+        self.mutate(|s| s.now = now);
+    }
+
+    /// The snapshot readers see.
+    pub fn shared(&self) -> &SharedState {
+        &self.shared
+    }
+
+    /// Creates a pod (assigning a UID and creation time) and returns its UID.
+    pub fn add_pod(&self, mut pod: Pod) -> String {
+        let ledger = self.ledger.clone();
+        self.mutate(|s| {
+            let uid = s.next_uid("pod");
+            pod.metadata.uid = Some(uid.clone());
+            pod.metadata.creation_timestamp = Some(s.time());
+            pod.status.get_or_insert_with(PodStatus::default).phase = Some("Pending".into());
+            let now = s.now;
+            index_pod(&mut s.index, &ledger, &pod, now);
+            s.pods.insert(uid.clone(), pod);
+            uid
+        })
+    }
+
+    /// Replaces a pod object (after a bind, a status change, …).
+    pub fn put_pod(&self, pod: Pod) {
+        let ledger = self.ledger.clone();
+        self.mutate(|s| {
+            let now = s.now;
+            index_pod(&mut s.index, &ledger, &pod, now);
+            if let Some(uid) = pod.metadata.uid.clone() {
+                s.pods.insert(uid, pod);
+            }
+        });
+    }
+
+    /// Deletes a pod.
+    pub fn delete_pod(&self, uid: &str) {
+        let ledger = self.ledger.clone();
+        self.mutate(|s| {
+            s.pods.remove(uid);
+            s.index.delete_pod(uid);
+            ledger.remove(uid);
+        });
+    }
+
+    /// Binds a pending pod to a node, as the scheduler's binding call does; the kubelet starts it.
+    ///
+    /// # Errors
+    /// The pod or node is gone, or the pod is already bound.
+    pub fn bind(&self, uid: &str, node: &str) -> Result<(), ClusterError> {
+        let ledger = self.ledger.clone();
+        self.mutate(|s| {
+            if !s.nodes.contains_key(node) {
+                return Err(ClusterError::NotFound(format!("node {node}")));
+            }
+            let now = s.now;
+            let t = s.time();
+            let pod = s
+                .pods
+                .get_mut(uid)
+                .ok_or_else(|| ClusterError::NotFound(format!("pod {uid}")))?;
+            let spec = pod.spec.get_or_insert_with(Default::default);
+            if spec.node_name.is_some() {
+                return Err(ClusterError::Conflict(format!("pod {uid} already bound")));
+            }
+            spec.node_name = Some(node.to_string());
+            let status = pod.status.get_or_insert_with(PodStatus::default);
+            status.phase = Some("Running".into());
+            status.start_time = Some(t.clone());
+            set_pod_condition(status, "PodScheduled", "True", None, t);
+            let pod = pod.clone();
+            index_pod(&mut s.index, &ledger, &pod, now);
+            Ok(())
+        })
+    }
+
+    /// Marks a pod unschedulable, as kube-scheduler does when no node fits.
+    pub fn mark_unschedulable(&self, uid: &str, message: &str) {
+        let ledger = self.ledger.clone();
+        self.mutate(|s| {
+            let now = s.now;
+            let t = s.time();
+            if let Some(pod) = s.pods.get_mut(uid) {
+                let status = pod.status.get_or_insert_with(PodStatus::default);
+                let already = status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "PodScheduled" && c.status == "False");
+                set_pod_condition(
+                    status,
+                    "PodScheduled",
+                    "False",
+                    Some(("Unschedulable", message)),
+                    t,
+                );
+                if !already {
+                    let pod = pod.clone();
+                    index_pod(&mut s.index, &ledger, &pod, now);
+                }
+            }
+        });
+    }
+
+    /// Creates or replaces a Node.
+    pub fn put_node(&self, node: Node) {
+        self.mutate(|s| {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            s.index.apply_node(node_view(&node));
+            s.nodes.insert(name, node);
+        });
+    }
+
+    /// Creates or replaces a NodePool.
+    pub fn put_nodepool(&self, pool: NodePool) {
+        self.mutate(|s| {
+            let name = pool.metadata.name.clone().unwrap_or_default();
+            s.index.apply_nodepool(pool.clone());
+            s.pools.insert(name, pool);
+        });
+    }
+
+    /// Creates or replaces an EC2NodeClass.
+    pub fn put_nodeclass(&self, class: EC2NodeClass) {
+        self.mutate(|s| {
+            let name = class.metadata.name.clone().unwrap_or_default();
+            s.index.apply_nodeclass(class.clone());
+            s.classes.insert(name, class);
+        });
+    }
+
+    /// Adds a DaemonSet.
+    pub fn put_daemonset(&self, ds: DaemonSet) {
+        self.mutate(|s| {
+            s.index.apply_daemonset(ds.clone());
+            s.daemonsets.push(ds);
+        });
+    }
+
+    /// Simulates a crash of the operator: the objects stay, nothing else does. Returns the store's
+    /// NodeClaims for inspection.
+    pub fn nodeclaims(&self) -> Vec<NodeClaim> {
+        self.read(|s| s.claims.values().cloned().collect())
+    }
+}
+
+fn set_pod_condition(
+    status: &mut PodStatus,
+    type_: &str,
+    value: &str,
+    reason: Option<(&str, &str)>,
+    now: Time,
+) {
+    let conds = status.conditions.get_or_insert_with(Vec::new);
+    conds.retain(|c| c.type_ != type_);
+    conds.push(PodCondition {
+        type_: type_.to_string(),
+        status: value.to_string(),
+        reason: reason.map(|r| r.0.to_string()),
+        message: reason.map(|r| r.1.to_string()),
+        last_transition_time: Some(now),
+        ..Default::default()
+    });
+}
+
+fn k8s_taint(t: &crate::model::Taint) -> K8sTaint {
+    K8sTaint {
+        key: t.key.clone(),
+        value: Some(t.value.clone()),
+        effect: t.effect.as_str().to_string(),
+        time_added: None,
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterApi for SimCluster {
+    async fn create_nodeclaim(&self, claim: &NodeClaim) -> Result<NodeClaim, ClusterError> {
+        self.mutate(|s| {
+            let name = claim.metadata.name.clone().unwrap_or_default();
+            if s.claims.contains_key(&name) {
+                return Err(ClusterError::AlreadyExists(name));
+            }
+            let mut c = claim.clone();
+            c.metadata.uid = Some(s.next_uid("nc"));
+            c.metadata.creation_timestamp = Some(s.time());
+            let fins = c.metadata.finalizers.get_or_insert_with(Vec::new);
+            if !fins.iter().any(|f| f == TERMINATION_FINALIZER) {
+                fins.push(TERMINATION_FINALIZER.to_string());
+            }
+            s.index.apply_nodeclaim(c.clone());
+            s.claims.insert(name, c.clone());
+            Ok(c)
+        })
+    }
+
+    async fn update_nodeclaim_status(
+        &self,
+        name: &str,
+        status: &NodeClaimStatus,
+    ) -> Result<(), ClusterError> {
+        self.mutate(|s| {
+            let c = s
+                .claims
+                .get_mut(name)
+                .ok_or_else(|| ClusterError::NotFound(format!("nodeclaim {name}")))?;
+            c.status = Some(status.clone());
+            let c = c.clone();
+            s.index.apply_nodeclaim(c);
+            Ok(())
+        })
+    }
+
+    async fn delete_nodeclaim(&self, name: &str) -> Result<(), ClusterError> {
+        self.mutate(|s| {
+            let t = s.time();
+            let Some(c) = s.claims.get_mut(name) else {
+                return Ok(());
+            };
+            if c.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| !f.is_empty())
+            {
+                if c.metadata.deletion_timestamp.is_none() {
+                    c.metadata.deletion_timestamp = Some(t);
+                }
+                let c = c.clone();
+                s.index.apply_nodeclaim(c);
+            } else {
+                s.claims.remove(name);
+                s.index.delete_nodeclaim(name);
+            }
+            Ok(())
+        })
+    }
+
+    async fn remove_nodeclaim_finalizer(&self, name: &str) -> Result<(), ClusterError> {
+        self.mutate(|s| {
+            let Some(c) = s.claims.get_mut(name) else {
+                return Ok(());
+            };
+            if let Some(f) = c.metadata.finalizers.as_mut() {
+                f.retain(|x| x != TERMINATION_FINALIZER);
+            }
+            let gone = c.metadata.deletion_timestamp.is_some()
+                && c.metadata.finalizers.as_ref().is_none_or(Vec::is_empty);
+            if gone {
+                s.claims.remove(name);
+                s.index.delete_nodeclaim(name);
+            } else {
+                let c = c.clone();
+                s.index.apply_nodeclaim(c);
+            }
+            Ok(())
+        })
+    }
+
+    async fn patch_node(&self, name: &str, patch: &NodePatch) -> Result<(), ClusterError> {
+        self.mutate(|s| {
+            let node = s
+                .nodes
+                .get_mut(name)
+                .ok_or_else(|| ClusterError::NotFound(format!("node {name}")))?;
+            let labels = node.metadata.labels.get_or_insert_with(BTreeMap::new);
+            for (k, v) in &patch.labels {
+                labels.insert(k.clone(), v.clone());
+            }
+            let spec = node.spec.get_or_insert_with(Default::default);
+            let taints = spec.taints.get_or_insert_with(Vec::new);
+            taints.retain(|t| !patch.remove_taints.contains(&t.key));
+            for t in &patch.add_taints {
+                if !taints
+                    .iter()
+                    .any(|x| x.key == t.key && x.effect == t.effect.as_str())
+                {
+                    taints.push(k8s_taint(t));
+                }
+            }
+            let view = node_view(node);
+            s.index.apply_node(view);
+            Ok(())
+        })
+    }
+
+    async fn delete_node(&self, name: &str) -> Result<(), ClusterError> {
+        let ledger = self.ledger.clone();
+        self.mutate(|s| {
+            s.nodes.remove(name);
+            s.index.delete_node(name);
+            // The pod garbage collector deletes pods bound to a deleted node.
+            let orphans: Vec<String> = s
+                .pods
+                .iter()
+                .filter(|(_, p)| {
+                    p.spec.as_ref().and_then(|sp| sp.node_name.as_deref()) == Some(name)
+                })
+                .map(|(u, _)| u.clone())
+                .collect();
+            for uid in orphans {
+                s.pods.remove(&uid);
+                s.index.delete_pod(&uid);
+                ledger.remove(&uid);
+            }
+            Ok(())
+        })
+    }
+
+    async fn evict_pod(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        let ledger = self.ledger.clone();
+        self.mutate(|s| {
+            let key = format!("{namespace}/{name}");
+            if let Some(n) = s.refuse_evictions.get_mut(&key)
+                && *n > 0
+            {
+                *n -= 1;
+                s.counters.evictions_blocked += 1;
+                return Err(ClusterError::Blocked(key));
+            }
+            let uid = s
+                .pods
+                .iter()
+                .find(|(_, p)| {
+                    p.metadata.namespace.as_deref() == Some(namespace)
+                        && p.metadata.name.as_deref() == Some(name)
+                })
+                .map(|(u, _)| u.clone());
+            let Some(uid) = uid else {
+                return Ok(());
+            };
+            s.pods.remove(&uid);
+            s.index.delete_pod(&uid);
+            ledger.remove(&uid);
+            s.counters.evictions += 1;
+            Ok(())
+        })
+    }
+
+    async fn record_event(&self, event: EventRecord) {
+        self.mutate(|s| {
+            s.counters.events += 1;
+            if s.events.len() >= 10_000 {
+                s.events.remove(0);
+            }
+            s.events.push(event);
+        });
+    }
+}
