@@ -33,6 +33,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Print the CRD manifests (NodePool, EC2NodeClass, NodeClaim).
     Crds(CrdsArgs),
+    /// Plan nodes for manifests offline and compare the cost with the LP lower bound.
+    Plan(crate::plan::command::PlanArgs),
 }
 
 /// `gantry crds`.

@@ -16,3 +16,4 @@ pub mod cli;
 pub mod cloud;
 pub mod kube;
 pub mod model;
+pub mod plan;

@@ -8,5 +8,6 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds(args) => gantry::kube::write_crds(args.out.as_deref()),
+        Command::Plan(args) => Ok(gantry::plan::command::run(args)?),
     }
 }
