@@ -46,6 +46,8 @@ pub enum Command {
     Certs(CertsArgs),
     /// Print the CRD manifests (NodePool, EC2NodeClass, NodeClaim).
     Crds(CrdsArgs),
+    /// Plan nodes for manifests offline and compare the cost with the LP lower bound.
+    Plan(crate::plan::command::PlanArgs),
 }
 
 /// Why flags do not make a valid configuration.

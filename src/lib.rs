@@ -19,6 +19,7 @@ pub mod extender;
 pub mod kube;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod server;
 pub mod sim;
 pub mod state;

@@ -49,5 +49,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Crds(args) => gantry::kube::write_crds(args.out.as_deref()),
+        Command::Plan(args) => Ok(gantry::plan::command::run(args)?),
     }
 }

@@ -4,10 +4,16 @@
 
 pub mod catalog;
 pub mod labels;
+pub mod nodepool;
+pub mod pod;
 pub mod quantity;
+pub mod requirements;
 pub mod resources;
 pub mod taints;
 
 pub use catalog::{Arch, CapacityType, Catalog, InstanceType, Offering, OfferingKey};
+pub use nodepool::{NodePoolView, PoolLimits};
+pub use pod::{PodDemand, pod_requests};
+pub use requirements::{Requirement, Requirements, Terms};
 pub use resources::Resources;
 pub use taints::{Effect, Taint, Toleration};

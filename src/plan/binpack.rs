@@ -1,0 +1,1403 @@
+//! Packing pending pods onto existing nodes, in-flight claims and new bins.
+//!
+//! Pods are grouped into *shapes* (identical pods, by [`PodDemand::group_key`]). For each shape
+//! and pool the compatible types and offerings are computed once, as one `u64` offering mask per
+//! type. Shapes are packed largest first; each is split into per-zone subgroups when it spreads
+//! over zones or has zonal affinity, then placed on existing capacity, then first-fit into open
+//! new bins, then into new bins whose type is chosen by price per pod. Finished bins are
+//! right-sized to their cheapest type in `select::rank_options`.
+//!
+//! Index safety: every per-type and per-shape vector here is built with the catalog's and the
+//! shape list's lengths, and indices only ever come from enumerating those same lists.
+
+// Index loops over parallel per-type and per-dimension arrays read clearer than zips here.
+#![allow(clippy::needless_range_loop)]
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::select::{
+    Amount, Candidate, DIMS, Ranked, TypePrices, best_new_type, fit_count, offering_bit,
+    rank_options, zone_bits,
+};
+use super::{ClaimOption, NewClaim, Placement, Plan, PlanInput, PodView, Target, Unplaceable};
+use crate::model::labels::{CAPACITY_TYPE, HOSTNAME, NODEPOOL, REGION, ZONE};
+use crate::model::pod::{HostPort, TopologyKey};
+use crate::model::quantity::{format_bytes, format_milli};
+use crate::model::requirements::{PodSelector, Requirements, Terms, lookup};
+use crate::model::resources::names;
+use crate::model::taints::first_untolerated;
+use crate::model::{CapacityType, PodDemand, Resources};
+
+/// Largest number of zones the offering bit layout supports (two bits per zone in a `u64`).
+const MAX_ZONES: usize = 32;
+
+/// A group of identical pending pods.
+struct Shape {
+    /// Indices into the input pods; `[0]` is the representative.
+    pods: Vec<usize>,
+    /// Requests in fixed dimensions.
+    req: Amount,
+    /// Per pool (input order): offering mask per type, or `None` when no type can hold it.
+    compat: Vec<Option<Vec<u64>>>,
+    /// Per pool: preferred-affinity score per type, when the pod has preferences.
+    preference: Vec<Option<Vec<i32>>>,
+    /// Why it cannot go on a new node, when no pool can take it.
+    reason: Option<String>,
+    /// Shapes it may not share a node with (bitset over shapes).
+    conflicts: Vec<u64>,
+    /// Hard hostname spreads: (max per node, shapes counted).
+    host_spread: Vec<(u32, Vec<u64>)>,
+    /// Whether any node-level topology applies (conflicts or hostname spread).
+    node_topology: bool,
+    /// Packing order key (bigger first).
+    size: f64,
+}
+
+/// What kind of capacity a bin is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BinKind {
+    Existing(usize),
+    InFlight(usize),
+    New { pool: usize, ty: usize },
+}
+
+/// A node being filled.
+struct Bin {
+    kind: BinKind,
+    /// Room left.
+    free: Amount,
+    /// Offerings still allowed (existing capacity: its own zone).
+    mask: u64,
+    /// Shapes placed here and how many of each.
+    members: Vec<(usize, u32)>,
+    /// Pods placed here.
+    pods: Vec<usize>,
+    /// Pods already on existing capacity (for topology).
+    resident: Option<usize>,
+}
+
+/// Planner state for one round.
+pub struct Packer<'a> {
+    input: PlanInput<'a>,
+    zones: Vec<String>,
+    ext_names: Vec<String>,
+    /// Pool indices by descending weight, then name.
+    pool_order: Vec<usize>,
+    prices: Vec<TypePrices>,
+    capacity: Vec<(i64, i64)>,
+    /// Per pool: room per type.
+    room: Vec<Vec<Amount>>,
+    /// Per pool: offering mask per type allowed by the pool's requirements.
+    pool_mask: Vec<Vec<u64>>,
+    shapes: Vec<Shape>,
+    bins: Vec<Bin>,
+    /// Per pool: (cpu, memory, nodes) used, for limits.
+    pool_used: Vec<(i64, i64, i64)>,
+    /// Pods per zone already placed, per shape (zone-pinned placements only).
+    placed_zone: Vec<[u32; MAX_ZONES]>,
+    /// Existing pods (on nodes and in-flight claims) with their zone, for topology counting.
+    residents: Vec<(Vec<&'a PodView>, Option<usize>)>,
+    unplaced: Vec<Unplaceable>,
+    placements: Vec<Placement>,
+    /// Smallest request of any shape per dimension, to close bins that can take nothing more.
+    min_req: Amount,
+}
+
+fn to_amount(r: &Resources, ext_names: &[String]) -> Option<Amount> {
+    let mut a = [0i64; DIMS];
+    a[0] = r.cpu;
+    a[1] = r.memory;
+    a[2] = r.ephemeral;
+    a[3] = r.pods;
+    for (n, v) in &r.extended {
+        if *v <= 0 {
+            continue;
+        }
+        let i = ext_names.iter().position(|e| e == n)?;
+        a[4 + i] = *v;
+    }
+    Some(a)
+}
+
+fn sub(a: &mut Amount, b: &Amount) {
+    for d in 0..DIMS {
+        a[d] -= b[d];
+    }
+}
+
+fn scaled(a: &Amount, k: u32) -> Amount {
+    let mut out = *a;
+    for v in &mut out {
+        *v *= i64::from(k);
+    }
+    out
+}
+
+fn has_bit(set: &[u64], i: usize) -> bool {
+    set.get(i / 64).is_some_and(|w| w & (1u64 << (i % 64)) != 0)
+}
+
+fn set_bit(set: &mut [u64], i: usize) {
+    if let Some(w) = set.get_mut(i / 64) {
+        *w |= 1u64 << (i % 64);
+    }
+}
+
+impl<'a> Packer<'a> {
+    /// Precomputes everything that does not change while packing.
+    pub fn new(input: &PlanInput<'a>) -> Self {
+        let catalog = input.catalog;
+        // Zones, in catalog order of first appearance, sorted.
+        let mut zones: Vec<String> = Vec::new();
+        for t in &catalog.types {
+            for o in &t.offerings {
+                if !zones.contains(&o.zone) {
+                    zones.push(o.zone.clone());
+                }
+            }
+        }
+        zones.sort();
+        zones.truncate(MAX_ZONES);
+        // Extended resources pods ask for (GPUs first so catalog capacity maps).
+        let mut ext_names: Vec<String> = Vec::new();
+        for p in input.pods {
+            for (n, v) in &p.requests.extended {
+                if *v > 0 && !ext_names.contains(n) {
+                    ext_names.push(n.clone());
+                }
+            }
+        }
+        ext_names.sort();
+        let prices: Vec<TypePrices> = catalog
+            .types
+            .iter()
+            .map(|t| {
+                let mut offerings: Vec<(u8, f64)> = t
+                    .offerings
+                    .iter()
+                    .filter(|o| o.available)
+                    .filter_map(|o| {
+                        let z = zones.iter().position(|x| *x == o.zone)?;
+                        let bit = offering_bit(z, o.capacity_type).trailing_zeros() as u8;
+                        Some((bit, o.price))
+                    })
+                    .collect();
+                offerings.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+                let available = offerings.iter().fold(0u64, |m, (b, _)| m | (1u64 << b));
+                TypePrices {
+                    offerings,
+                    available,
+                }
+            })
+            .collect();
+        let capacity: Vec<(i64, i64)> = catalog
+            .types
+            .iter()
+            .map(|t| (i64::from(t.vcpu) * 1000, (t.memory_mib as i64) << 20))
+            .collect();
+        let mut room = Vec::with_capacity(input.pools.len());
+        let mut pool_mask = Vec::with_capacity(input.pools.len());
+        for pool in input.pools {
+            let overhead = to_amount(&pool.daemon_overhead, &ext_names).unwrap_or([0; DIMS]);
+            let mut rooms = Vec::with_capacity(catalog.types.len());
+            let mut masks = Vec::with_capacity(catalog.types.len());
+            let off_mask = offering_mask(&pool.requirements, &zones);
+            for (i, t) in catalog.types.iter().enumerate() {
+                let alloc = t.allocatable(pool.max_pods);
+                let mut a = [0i64; DIMS];
+                a[0] = alloc.cpu;
+                a[1] = alloc.memory;
+                a[2] = alloc.ephemeral;
+                a[3] = alloc.pods;
+                if let Some(g) = ext_names.iter().position(|n| n == names::NVIDIA_GPU) {
+                    a[4 + g] = i64::from(t.gpus);
+                }
+                sub(&mut a, &overhead);
+                rooms.push(a);
+                let labels = t.labels();
+                let ok = type_matches(&pool.requirements, &labels, pool, &catalog.region);
+                masks.push(if ok {
+                    off_mask & prices[i].available
+                } else {
+                    0
+                });
+            }
+            room.push(rooms);
+            pool_mask.push(masks);
+        }
+        let mut pool_order: Vec<usize> = (0..input.pools.len()).collect();
+        pool_order.sort_by(|a, b| {
+            let (pa, pb) = (&input.pools[*a], &input.pools[*b]);
+            pb.weight.cmp(&pa.weight).then(pa.name.cmp(&pb.name))
+        });
+        let mut p = Packer {
+            input: *input,
+            zones,
+            ext_names,
+            pool_order,
+            prices,
+            capacity,
+            room,
+            pool_mask,
+            shapes: Vec::new(),
+            bins: Vec::new(),
+            pool_used: vec![(0, 0, 0); input.pools.len()],
+            placed_zone: Vec::new(),
+            residents: Vec::new(),
+            unplaced: Vec::new(),
+            placements: Vec::new(),
+            min_req: [i64::MAX; DIMS],
+        };
+        p.build_shapes();
+        p.build_existing();
+        p
+    }
+
+    fn pool_index(&self, name: &str) -> Option<usize> {
+        self.input.pools.iter().position(|p| p.name == name)
+    }
+
+    fn build_shapes(&mut self) {
+        let input = self.input;
+        let mut by_key: HashMap<u64, usize> = HashMap::new();
+        let mut shapes: Vec<Shape> = Vec::new();
+        for (i, pod) in input.pods.iter().enumerate() {
+            let key = pod.group_key();
+            if let Some(&s) = by_key.get(&key) {
+                shapes[s].pods.push(i);
+                continue;
+            }
+            let Some(req) = to_amount(&pod.requests, &self.ext_names) else {
+                continue;
+            };
+            by_key.insert(key, shapes.len());
+            shapes.push(Shape {
+                pods: vec![i],
+                req,
+                compat: Vec::new(),
+                preference: Vec::new(),
+                reason: None,
+                conflicts: Vec::new(),
+                host_spread: Vec::new(),
+                node_topology: false,
+                size: 0.0,
+            });
+        }
+        // Per-shape pool compatibility, with a cache on (pool, terms) for the label part.
+        let mut term_cache: HashMap<(usize, Terms), Vec<u64>> = HashMap::new();
+        for shape in &mut shapes {
+            let pod = &input.pods[shape.pods[0]];
+            let terms = pod.node_terms();
+            let mut reasons = Vec::new();
+            for &pi in &self.pool_order {
+                let pool = &input.pools[pi];
+                if let Some(t) = first_untolerated(&pod.tolerations, &pool.taints) {
+                    reasons.push(format!(
+                        "does not tolerate taint {}={}:{} of NodePool {}",
+                        t.key,
+                        t.value,
+                        t.effect.as_str(),
+                        pool.name
+                    ));
+                    continue;
+                }
+                let label_masks = term_cache
+                    .entry((pi, terms.clone()))
+                    .or_insert_with(|| {
+                        terms_masks(&terms, &self.pool_mask[pi], input, pi, &self.zones)
+                    })
+                    .clone();
+                let mut any_label = false;
+                let mut masks = label_masks;
+                for (ty, m) in masks.iter_mut().enumerate() {
+                    if *m != 0 {
+                        any_label = true;
+                        if fit_count(&self.room[pi][ty], &shape.req) == 0 {
+                            *m = 0;
+                        }
+                    }
+                }
+                if masks.iter().all(|m| *m == 0) {
+                    reasons.push(if any_label {
+                        self.too_big_reason(pi, &shape.req, &terms)
+                    } else {
+                        format!(
+                            "NodePool {} allows no instance type or zone that matches the pod's node selector and affinity",
+                            pool.name
+                        )
+                    });
+                } else {
+                    let pref = if pod.preferred_affinity.is_empty() {
+                        None
+                    } else {
+                        Some(self.preference_scores(pi, pod, &masks))
+                    };
+                    shape.compat.resize(pi + 1, None);
+                    shape.preference.resize(pi + 1, None);
+                    shape.compat[pi] = Some(masks);
+                    shape.preference[pi] = pref;
+                }
+            }
+            shape.compat.resize(input.pools.len(), None);
+            shape.preference.resize(input.pools.len(), None);
+            if shape.compat.iter().all(Option::is_none) {
+                shape.reason = Some(if reasons.is_empty() {
+                    "no NodePool exists".to_string()
+                } else {
+                    reasons.join("; ")
+                });
+            }
+            let r = &shape.req;
+            shape.size = (r[0] as f64 / 1000.0).max(r[1] as f64 / f64::from(4u32 << 30))
+                + 1000.0 * r[4..].iter().sum::<i64>() as f64;
+        }
+        // Node-level topology: anti-affinity and host ports (symmetric), hostname spread.
+        let n = shapes.len();
+        let words = n.div_ceil(64);
+        let mut conflicts = vec![vec![0u64; words]; n];
+        let mut host_spread: Vec<Vec<(u32, Vec<u64>)>> = vec![Vec::new(); n];
+        let interesting: Vec<usize> = (0..n)
+            .filter(|&s| {
+                let p = &input.pods[shapes[s].pods[0]];
+                !p.anti_affinity_hostname.is_empty()
+                    || !p.host_ports.is_empty()
+                    || p.topology_spread
+                        .iter()
+                        .any(|t| t.key == TopologyKey::Hostname && t.hard)
+            })
+            .collect();
+        for &a in &interesting {
+            let pa = &input.pods[shapes[a].pods[0]];
+            for b in 0..n {
+                let pb = &input.pods[shapes[b].pods[0]];
+                let anti = pa
+                    .anti_affinity_hostname
+                    .iter()
+                    .any(|sel| sel.selects(&pa.namespace, &pb.namespace, &pb.labels));
+                let ports = pa
+                    .host_ports
+                    .iter()
+                    .any(|x| pb.host_ports.iter().any(|y| x.conflicts(y)));
+                if anti || ports {
+                    set_bit(&mut conflicts[a], b);
+                    set_bit(&mut conflicts[b], a);
+                }
+            }
+            for t in pa
+                .topology_spread
+                .iter()
+                .filter(|t| t.key == TopologyKey::Hostname && t.hard)
+            {
+                let mut set = vec![0u64; words];
+                for b in 0..n {
+                    let pb = &input.pods[shapes[b].pods[0]];
+                    if t.selector.selects(&pa.namespace, &pb.namespace, &pb.labels) {
+                        set_bit(&mut set, b);
+                    }
+                }
+                host_spread[a].push((t.max_skew, set));
+            }
+        }
+        for (s, shape) in shapes.iter_mut().enumerate() {
+            shape.conflicts = std::mem::take(&mut conflicts[s]);
+            shape.host_spread = std::mem::take(&mut host_spread[s]);
+            shape.node_topology =
+                shape.conflicts.iter().any(|w| *w != 0) || !shape.host_spread.is_empty();
+            for d in 0..DIMS {
+                if shape.req[d] > 0 {
+                    self.min_req[d] = self.min_req[d].min(shape.req[d]);
+                }
+            }
+        }
+        self.placed_zone = vec![[0; MAX_ZONES]; shapes.len()];
+        self.shapes = shapes;
+    }
+
+    fn build_existing(&mut self) {
+        let input = self.input;
+        for (i, node) in input.nodes.iter().enumerate() {
+            let Some(alloc) = to_amount(&node.allocatable, &self.ext_names) else {
+                continue;
+            };
+            let mut free = alloc;
+            let req = to_amount(&node.requested, &self.ext_names).unwrap_or([0; DIMS]);
+            sub(&mut free, &req);
+            let zone = node
+                .labels
+                .get(ZONE)
+                .and_then(|z| self.zones.iter().position(|x| x == z));
+            let mask = zone.map_or(u64::MAX, zone_bits);
+            self.residents.push((node.pods.iter().collect(), zone));
+            self.bins.push(Bin {
+                kind: BinKind::Existing(i),
+                free,
+                mask,
+                members: Vec::new(),
+                pods: Vec::new(),
+                resident: Some(self.residents.len() - 1),
+            });
+            if let Some(p) = node.pool.as_deref().and_then(|p| self.pool_index(p)) {
+                let u = &mut self.pool_used[p];
+                u.0 += node.allocatable.cpu;
+                u.1 += node.allocatable.memory;
+                u.2 += 1;
+            }
+        }
+        for (i, claim) in input.in_flight.iter().enumerate() {
+            let Some(free) = to_amount(&claim.remaining, &self.ext_names) else {
+                continue;
+            };
+            let mut mask = 0u64;
+            let mut zone = None;
+            for z in &claim.zones {
+                if let Some(zi) = self.zones.iter().position(|x| x == z) {
+                    for ct in &claim.capacity_types {
+                        mask |= offering_bit(zi, *ct);
+                    }
+                    zone = Some(zi);
+                }
+            }
+            if claim.zones.len() != 1 {
+                zone = None;
+            }
+            self.residents.push((claim.pods.iter().collect(), zone));
+            self.bins.push(Bin {
+                kind: BinKind::InFlight(i),
+                free,
+                mask,
+                members: Vec::new(),
+                pods: Vec::new(),
+                resident: Some(self.residents.len() - 1),
+            });
+            if let Some(p) = self.pool_index(&claim.pool) {
+                let biggest = claim
+                    .options
+                    .iter()
+                    .filter_map(|o| self.input.catalog.get(o))
+                    .map(|t| (i64::from(t.vcpu) * 1000, (t.memory_mib as i64) << 20))
+                    .max()
+                    .unwrap_or((0, 0));
+                let u = &mut self.pool_used[p];
+                u.0 += biggest.0;
+                u.1 += biggest.1;
+                u.2 += 1;
+            }
+        }
+    }
+
+    fn too_big_reason(&self, pi: usize, req: &Amount, terms: &Terms) -> String {
+        let pool = &self.input.pools[pi];
+        let masks = terms_masks(terms, &self.pool_mask[pi], self.input, pi, &self.zones);
+        let types = &self.input.catalog.types;
+        let allowed = || {
+            masks
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| **m != 0)
+                .map(|(t, _)| t)
+        };
+        let dim_max = |d: usize| {
+            allowed()
+                .max_by_key(|t| self.room[pi][*t][d])
+                .map(|t| (t, self.room[pi][t][d]))
+        };
+        if let Some((t, have)) = dim_max(0).filter(|(_, h)| *h < req[0]) {
+            return format!(
+                "needs {} vCPU; the largest type NodePool {} allows has {} ({} allocatable after reservations and DaemonSets)",
+                format_milli(req[0]),
+                pool.name,
+                types[t].vcpu,
+                format_milli(have)
+            );
+        }
+        if let Some((t, have)) = dim_max(1).filter(|(_, h)| *h < req[1]) {
+            return format!(
+                "needs {} memory; the largest type NodePool {} allows has {} ({} allocatable after reservations and DaemonSets)",
+                format_bytes(req[1]),
+                pool.name,
+                format_bytes((types[t].memory_mib as i64) << 20),
+                format_bytes(have)
+            );
+        }
+        for (i, name) in self.ext_names.iter().enumerate() {
+            if let Some((_, have)) = dim_max(4 + i).filter(|(_, h)| *h < req[4 + i]) {
+                return format!(
+                    "needs {} {name}; the largest type NodePool {} allows has {have}",
+                    req[4 + i],
+                    pool.name
+                );
+            }
+        }
+        if let Some((_, have)) = dim_max(2).filter(|(_, h)| *h < req[2]) {
+            return format!(
+                "needs {} ephemeral storage; the largest type NodePool {} allows has {}",
+                format_bytes(req[2]),
+                pool.name,
+                format_bytes(have)
+            );
+        }
+        format!(
+            "no single type NodePool {} allows has {} vCPU and {} memory free together",
+            pool.name,
+            format_milli(req[0]),
+            format_bytes(req[1])
+        )
+    }
+
+    fn preference_scores(&self, pi: usize, pod: &PodDemand, masks: &[u64]) -> Vec<i32> {
+        let pool = &self.input.pools[pi];
+        let types = &self.input.catalog.types;
+        masks
+            .iter()
+            .enumerate()
+            .map(|(ty, m)| {
+                let Some((bit, _)) = self.prices[ty].cheapest(*m) else {
+                    return 0;
+                };
+                let zone = self.zones.get(usize::from(bit) / 2).map(String::as_str);
+                let ct = if bit % 2 == 0 { "spot" } else { "on-demand" };
+                let labels = types[ty].labels();
+                pod.preferred_affinity
+                    .iter()
+                    .filter(|(_, term)| {
+                        term.matches(|k| {
+                            node_label(&labels, pool, &self.input.catalog.region, zone, Some(ct), k)
+                        })
+                    })
+                    .map(|(w, _)| *w)
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// How many more pods of `s` topology allows on bin `b`.
+    fn topology_cap(&self, s: usize, b: usize) -> u32 {
+        let shape = &self.shapes[s];
+        let bin = &self.bins[b];
+        let mut cap = u32::MAX;
+        if shape.node_topology {
+            if bin
+                .members
+                .iter()
+                .any(|(m, _)| has_bit(&shape.conflicts, *m))
+            {
+                return 0;
+            }
+            for (max, set) in &shape.host_spread {
+                let n: u32 = bin
+                    .members
+                    .iter()
+                    .filter(|(m, _)| has_bit(set, *m))
+                    .map(|(_, c)| *c)
+                    .sum();
+                cap = cap.min(max.saturating_sub(n));
+            }
+            if has_bit(&shape.conflicts, s) {
+                cap = cap.min(1);
+            }
+        }
+        if let Some(r) = bin.resident {
+            let pod = &self.input.pods[shape.pods[0]];
+            let (residents, _) = &self.residents[r];
+            if !residents.is_empty() {
+                cap = cap.min(resident_cap(pod, residents));
+            }
+        }
+        cap
+    }
+
+    /// Whether shape `s` may use existing bin `b` at all (labels, taints, zone pin).
+    fn existing_ok(&self, s: usize, b: usize, pin: u64) -> bool {
+        let bin = &self.bins[b];
+        if bin.mask & pin == 0 {
+            return false;
+        }
+        let pod = &self.input.pods[self.shapes[s].pods[0]];
+        match bin.kind {
+            BinKind::Existing(i) => {
+                let node = &self.input.nodes[i];
+                first_untolerated(&pod.tolerations, &node.taints).is_none()
+                    && pod.node_terms().matches(|k| {
+                        if k == HOSTNAME {
+                            return Some(node.name.as_str());
+                        }
+                        lookup(&node.labels, k)
+                    })
+            }
+            BinKind::InFlight(i) => {
+                let claim = &self.input.in_flight[i];
+                let Some(pi) = self.pool_index(&claim.pool) else {
+                    return false;
+                };
+                let Some(compat) = &self.shapes[s].compat[pi] else {
+                    return false;
+                };
+                !claim.options.is_empty()
+                    && claim.options.iter().all(|o| {
+                        self.input
+                            .catalog
+                            .types
+                            .binary_search_by(|t| t.name.as_str().cmp(o))
+                            .ok()
+                            .is_some_and(|t| compat[t] & bin.mask & pin != 0)
+                    })
+            }
+            BinKind::New { .. } => false,
+        }
+    }
+
+    /// Places up to `n` pods of `s` into bin `b`; returns how many.
+    fn put(&mut self, s: usize, b: usize, n: u32, cursor: &mut Vec<usize>, pin: u64) -> u32 {
+        let shape = &self.shapes[s];
+        let k = fit_count(&self.bins[b].free, &shape.req)
+            .min(self.topology_cap(s, b))
+            .min(n);
+        if k == 0 {
+            return 0;
+        }
+        let req = shape.req;
+        let bin = &mut self.bins[b];
+        sub(&mut bin.free, &scaled(&req, k));
+        match bin.members.iter_mut().find(|(m, _)| *m == s) {
+            Some(e) => e.1 += k,
+            None => bin.members.push((s, k)),
+        }
+        if let BinKind::New { pool, ty } = bin.kind {
+            bin.mask &= self.shapes[s].compat[pool].as_ref().map_or(0, |c| c[ty]) & pin;
+        }
+        let take = cursor.len() - k as usize;
+        bin.pods.extend(cursor.drain(take..));
+        let zone = match bin.kind {
+            BinKind::Existing(_) | BinKind::InFlight(_) => {
+                bin.resident.and_then(|r| self.residents[r].1)
+            }
+            BinKind::New { .. } => single_zone(bin.mask),
+        };
+        if let Some(z) = zone.filter(|z| *z < MAX_ZONES) {
+            self.placed_zone[s][z] += k;
+        }
+        k
+    }
+
+    /// Runs the packing and builds the plan.
+    pub fn run(mut self) -> Plan {
+        let mut order: Vec<usize> = (0..self.shapes.len()).collect();
+        let input = self.input;
+        order.sort_by(|a, b| {
+            let (sa, sb) = (&self.shapes[*a], &self.shapes[*b]);
+            let late = |s: &Shape| {
+                let p = &input.pods[s.pods[0]];
+                p.affinity_zone
+                    .iter()
+                    .any(|sel| !sel.selects(&p.namespace, &p.namespace, &p.labels))
+            };
+            late(sa)
+                .cmp(&late(sb))
+                .then(sb.size.total_cmp(&sa.size))
+                .then(sa.pods[0].cmp(&sb.pods[0]))
+        });
+        let existing = self.bins.len();
+        let mut open: Vec<usize> = Vec::new();
+        for s in order {
+            for (pin, pods) in self.subgroups(s) {
+                let mut cursor = pods;
+                cursor.reverse();
+                self.place_group(s, pin, &mut cursor, existing, &mut open);
+            }
+        }
+        self.finish()
+    }
+
+    /// Splits a shape into (offering pin, pods) subgroups for zone spread and zone affinity.
+    fn subgroups(&mut self, s: usize) -> Vec<(u64, Vec<usize>)> {
+        let input = self.input;
+        let shape = &self.shapes[s];
+        let pod = &input.pods[shape.pods[0]];
+        let all = shape.pods.clone();
+        // Zones the shape could use on new capacity, or on existing capacity.
+        let mut possible = 0u64;
+        for c in shape.compat.iter().flatten() {
+            for m in c {
+                possible |= m;
+            }
+        }
+        for bin in &self.bins {
+            if let Some(r) = bin.resident
+                && let Some(z) = self.residents[r].1
+            {
+                possible |= zone_bits(z);
+            }
+        }
+        let zone_ok = |z: usize| possible & zone_bits(z) != 0;
+        let mut pin = u64::MAX;
+        if let Some(sel) = pod.affinity_zone.first() {
+            let counts = self.zone_counts(s, sel);
+            let with_match: Vec<usize> = (0..self.zones.len())
+                .filter(|z| counts[*z] > 0 && zone_ok(*z))
+                .collect();
+            let chosen = if let Some(z) = with_match.first() {
+                Some(*z)
+            } else if sel.selects(&pod.namespace, &pod.namespace, &pod.labels) {
+                self.cheapest_zone(s)
+            } else {
+                None
+            };
+            match chosen {
+                Some(z) => pin = zone_bits(z),
+                None => {
+                    let reason = format!(
+                        "requires a pod matching {} in its zone (pod affinity), and none is running or planned",
+                        describe_selector(sel)
+                    );
+                    self.unplace(&all, &reason);
+                    return Vec::new();
+                }
+            }
+        }
+        let spread = pod
+            .topology_spread
+            .iter()
+            .find(|t| t.key == TopologyKey::Zone)
+            .cloned();
+        let Some(spread) = spread else {
+            return vec![(pin, all)];
+        };
+        let domains: Vec<usize> = (0..self.zones.len())
+            .filter(|z| zone_ok(*z) && pin & zone_bits(*z) != 0)
+            .collect();
+        if domains.is_empty() {
+            if spread.hard {
+                self.unplace(
+                    &all,
+                    "no zone it may use offers a type that fits it (topology spread on zone)",
+                );
+                return Vec::new();
+            }
+            return vec![(pin, all)];
+        }
+        let mut counts = self.zone_counts(s, &spread.selector);
+        let mut per_zone = vec![0usize; self.zones.len()];
+        for _ in 0..all.len() {
+            // INVARIANT: `domains` is non-empty, checked above.
+            let mut best = domains[0];
+            for &z in &domains {
+                if counts[z] < counts[best] {
+                    best = z;
+                }
+            }
+            counts[best] += 1;
+            per_zone[best] += 1;
+        }
+        let mut out = Vec::new();
+        let mut rest = all.as_slice();
+        for &z in &domains {
+            let (now, later) = rest.split_at(per_zone[z].min(rest.len()));
+            if !now.is_empty() {
+                out.push((pin & zone_bits(z), now.to_vec()));
+            }
+            rest = later;
+        }
+        out
+    }
+
+    /// Pods matching `sel` per zone: residents plus pods placed so far in this plan.
+    fn zone_counts(&self, s: usize, sel: &PodSelector) -> Vec<u32> {
+        let input = self.input;
+        let own = &input.pods[self.shapes[s].pods[0]];
+        let mut counts = vec![0u32; self.zones.len()];
+        for (pods, zone) in &self.residents {
+            if let Some(z) = zone {
+                for p in pods {
+                    if sel.selects(&own.namespace, &p.namespace, &p.labels) {
+                        counts[*z] += 1;
+                    }
+                }
+            }
+        }
+        for (t, shape) in self.shapes.iter().enumerate() {
+            let p = &input.pods[shape.pods[0]];
+            if sel.selects(&own.namespace, &p.namespace, &p.labels) {
+                for (z, c) in counts.iter_mut().enumerate() {
+                    *c += self.placed_zone[t].get(z).copied().unwrap_or(0);
+                }
+            }
+        }
+        counts
+    }
+
+    /// The zone of the cheapest offering of the best type for `s` in its first usable pool.
+    fn cheapest_zone(&self, s: usize) -> Option<usize> {
+        let shape = &self.shapes[s];
+        for &pi in &self.pool_order {
+            let Some(compat) = &shape.compat[pi] else {
+                continue;
+            };
+            let c = Candidate {
+                compat,
+                room: &self.room[pi],
+                prices: &self.prices,
+                capacity: &self.capacity,
+                preference: None,
+            };
+            let n = u32::try_from(shape.pods.len()).unwrap_or(u32::MAX);
+            if let Some(ch) =
+                best_new_type(&c, u64::MAX, &shape.req, u32::MAX, n, (i64::MAX, i64::MAX))
+                && let Some((bit, _)) = self.prices[ch.ty].cheapest(compat[ch.ty])
+            {
+                return Some(usize::from(bit) / 2);
+            }
+        }
+        // Only existing capacity: its first zone.
+        self.residents.iter().find_map(|(_, z)| *z)
+    }
+
+    fn unplace(&mut self, pods: &[usize], reason: &str) {
+        for &p in pods {
+            self.unplaced.push(Unplaceable {
+                pod: p,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    fn place_group(
+        &mut self,
+        s: usize,
+        pin: u64,
+        cursor: &mut Vec<usize>,
+        existing: usize,
+        open: &mut Vec<usize>,
+    ) {
+        // 1. Existing nodes and in-flight claims.
+        for b in 0..existing {
+            if cursor.is_empty() {
+                return;
+            }
+            if fit_count(&self.bins[b].free, &self.shapes[s].req) == 0
+                || !self.existing_ok(s, b, pin)
+            {
+                continue;
+            }
+            let n = cursor.len() as u32;
+            self.put(s, b, n, cursor, pin);
+        }
+        // 2. Open new bins, first fit.
+        let mut closed = false;
+        for &b in open.iter() {
+            if cursor.is_empty() {
+                break;
+            }
+            let bin = &self.bins[b];
+            let BinKind::New { pool, ty } = bin.kind else {
+                continue;
+            };
+            let Some(compat) = &self.shapes[s].compat[pool] else {
+                continue;
+            };
+            if compat[ty] & bin.mask & pin == 0 {
+                continue;
+            }
+            let n = cursor.len() as u32;
+            if self.put(s, b, n, cursor, pin) > 0
+                && fit_count(&self.bins[b].free, &self.min_req) == 0
+            {
+                closed = true;
+            }
+        }
+        if closed {
+            let bins = &self.bins;
+            let min_req = self.min_req;
+            open.retain(|b| fit_count(&bins[*b].free, &min_req) > 0);
+        }
+        // 3. New bins, by pool weight; the type by price per pod.
+        let mut choice_cache: Option<(usize, super::select::Choice)> = None;
+        while !cursor.is_empty() {
+            let remaining = cursor.len() as u32;
+            let shape = &self.shapes[s];
+            let cap = if shape.node_topology {
+                self.new_bin_cap(s)
+            } else {
+                u32::MAX
+            };
+            let reuse = choice_cache.filter(|(_, ch)| ch.count <= remaining);
+            let picked = match reuse {
+                Some(x) if self.within_limits(x.0, x.1.ty) => Some(x),
+                _ => self.pick_new(s, pin, cap, remaining),
+            };
+            let Some((pool, ch)) = picked else {
+                let reason = self.no_new_bin_reason(s, pin);
+                let rest: Vec<usize> = std::mem::take(cursor);
+                self.unplace(&rest, &reason);
+                return;
+            };
+            choice_cache = Some((pool, ch));
+            let Some(compat) = &self.shapes[s].compat[pool] else {
+                return;
+            };
+            let b = self.bins.len();
+            self.bins.push(Bin {
+                kind: BinKind::New { pool, ty: ch.ty },
+                free: self.room[pool][ch.ty],
+                mask: compat[ch.ty] & pin,
+                members: Vec::new(),
+                pods: Vec::new(),
+                resident: None,
+            });
+            let (cpu, mem) = self.capacity[ch.ty];
+            let u = &mut self.pool_used[pool];
+            u.0 += cpu;
+            u.1 += mem;
+            u.2 += 1;
+            let placed = self.put(s, b, remaining, cursor, pin);
+            if placed == 0 {
+                // Cannot happen (the type was chosen to fit); stop rather than loop.
+                let rest: Vec<usize> = std::mem::take(cursor);
+                self.unplace(&rest, "internal: chosen type did not fit");
+                return;
+            }
+            if fit_count(&self.bins[b].free, &self.min_req) > 0 {
+                open.push(b);
+            }
+        }
+    }
+
+    /// Topology cap for `s` on an empty node.
+    fn new_bin_cap(&self, s: usize) -> u32 {
+        let shape = &self.shapes[s];
+        let mut cap = u32::MAX;
+        for (max, _) in &shape.host_spread {
+            cap = cap.min(*max);
+        }
+        if has_bit(&shape.conflicts, s) {
+            cap = cap.min(1);
+        }
+        cap.max(1)
+    }
+
+    fn headroom(&self, pool: usize) -> Option<(i64, i64)> {
+        let limits = &self.input.pools[pool].limits;
+        let (cpu, mem, nodes) = self.pool_used[pool];
+        if limits.nodes.is_some_and(|l| nodes + 1 > l) {
+            return None;
+        }
+        Some((
+            limits.cpu.map_or(i64::MAX, |l| l - cpu),
+            limits.memory.map_or(i64::MAX, |l| l - mem),
+        ))
+    }
+
+    fn within_limits(&self, pool: usize, ty: usize) -> bool {
+        self.headroom(pool).is_some_and(|(c, m)| {
+            let (tc, tm) = self.capacity[ty];
+            tc <= c && tm <= m
+        })
+    }
+
+    fn pick_new(
+        &self,
+        s: usize,
+        pin: u64,
+        cap: u32,
+        remaining: u32,
+    ) -> Option<(usize, super::select::Choice)> {
+        let shape = &self.shapes[s];
+        for &pi in &self.pool_order {
+            let Some(compat) = &shape.compat[pi] else {
+                continue;
+            };
+            let Some(headroom) = self.headroom(pi) else {
+                continue;
+            };
+            let c = Candidate {
+                compat,
+                room: &self.room[pi],
+                prices: &self.prices,
+                capacity: &self.capacity,
+                preference: shape.preference[pi].as_deref(),
+            };
+            if let Some(ch) = best_new_type(&c, pin, &shape.req, cap, remaining, headroom) {
+                return Some((pi, ch));
+            }
+        }
+        None
+    }
+
+    fn no_new_bin_reason(&self, s: usize, pin: u64) -> String {
+        let shape = &self.shapes[s];
+        if let Some(r) = &shape.reason {
+            return r.clone();
+        }
+        let mut reasons = Vec::new();
+        for &pi in &self.pool_order {
+            let pool = &self.input.pools[pi];
+            let Some(compat) = &shape.compat[pi] else {
+                continue;
+            };
+            if !compat.iter().any(|m| m & pin != 0) {
+                let zones = self.mask_zones(pin);
+                reasons.push(format!(
+                    "NodePool {} offers no type that fits it in {}",
+                    pool.name,
+                    zones.join(", ")
+                ));
+                continue;
+            }
+            let (cpu, mem, nodes) = self.pool_used[pi];
+            let l = &pool.limits;
+            if l.nodes.is_some_and(|x| nodes + 1 > x) {
+                reasons.push(format!(
+                    "NodePool {} is at its limit of {} nodes",
+                    pool.name, nodes
+                ));
+            } else if let Some(x) = l.cpu {
+                reasons.push(format!(
+                    "NodePool {} limit cpu {} would be exceeded ({} in use)",
+                    pool.name,
+                    format_milli(x),
+                    format_milli(cpu)
+                ));
+            } else if let Some(x) = l.memory {
+                reasons.push(format!(
+                    "NodePool {} limit memory {} would be exceeded ({} in use)",
+                    pool.name,
+                    format_bytes(x),
+                    format_bytes(mem)
+                ));
+            }
+        }
+        if reasons.is_empty() {
+            "no NodePool can launch a node for it".to_string()
+        } else {
+            reasons.join("; ")
+        }
+    }
+
+    fn mask_zones(&self, mask: u64) -> Vec<String> {
+        self.zones
+            .iter()
+            .enumerate()
+            .filter(|(z, _)| mask & zone_bits(*z) != 0)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    fn finish(mut self) -> Plan {
+        let input = self.input;
+        let mut plan = Plan {
+            placements: std::mem::take(&mut self.placements),
+            ..Default::default()
+        };
+        type Key = (usize, u64, Vec<(usize, u32)>);
+        let mut cache: HashMap<Key, Option<Vec<Ranked>>> = HashMap::new();
+        let bins = std::mem::take(&mut self.bins);
+        for bin in bins {
+            if bin.pods.is_empty() {
+                continue;
+            }
+            match bin.kind {
+                BinKind::Existing(i) => {
+                    plan.placements.extend(bin.pods.iter().map(|p| Placement {
+                        pod: *p,
+                        target: Target::Node(input.nodes[i].name.clone()),
+                    }))
+                }
+                BinKind::InFlight(i) => {
+                    plan.placements.extend(bin.pods.iter().map(|p| Placement {
+                        pod: *p,
+                        target: Target::Claim(input.in_flight[i].name.clone()),
+                    }))
+                }
+                BinKind::New { pool, ty } => {
+                    let mut members = bin.members.clone();
+                    members.sort_unstable();
+                    // The bin's pin: its mask projected to zones (type-independent part).
+                    let pin = zone_pin(bin.mask, &self.zones);
+                    let key = (pool, pin, members);
+                    let ranked = cache
+                        .entry(key)
+                        .or_insert_with_key(|(pool, pin, members)| {
+                            let mut used = [0i64; DIMS];
+                            for (s, c) in members {
+                                let add = scaled(&self.shapes[*s].req, *c);
+                                for d in 0..DIMS {
+                                    used[d] += add[d];
+                                }
+                            }
+                            let r = rank_options(&self.room[*pool], &self.prices, &used, |t| {
+                                let mut m = *pin;
+                                for (s, _) in members {
+                                    m &= self.shapes[*s].compat[*pool].as_ref().map_or(0, |c| c[t]);
+                                    if m == 0 {
+                                        break;
+                                    }
+                                }
+                                m
+                            });
+                            if r.is_empty() { None } else { Some(r) }
+                        })
+                        .clone();
+                    let ranked = ranked.unwrap_or_else(|| {
+                        // Fall back to the type it was packed on, which holds its pods.
+                        let m = bin.mask;
+                        self.prices[ty]
+                            .cheapest(m)
+                            .map(|(bit, price)| {
+                                vec![Ranked {
+                                    ty,
+                                    mask: m,
+                                    bit,
+                                    price,
+                                }]
+                            })
+                            .unwrap_or_default()
+                    });
+                    let Some(first) = ranked.first().copied() else {
+                        self.unplace(&bin.pods, "internal: no offering left for its node");
+                        continue;
+                    };
+                    let mut union = 0u64;
+                    for r in &ranked {
+                        union |= r.mask;
+                    }
+                    let mut requests = input.pools[pool].daemon_overhead.clone();
+                    for p in &bin.pods {
+                        requests.add(&input.pods[*p].requests);
+                    }
+                    let mut capacity_types = Vec::new();
+                    if union & 0x5555_5555_5555_5555 != 0 {
+                        capacity_types.push(CapacityType::Spot);
+                    }
+                    if union & 0xAAAA_AAAA_AAAA_AAAA != 0 {
+                        capacity_types.push(CapacityType::OnDemand);
+                    }
+                    plan.claims.push(NewClaim {
+                        pool: input.pools[pool].name.clone(),
+                        options: ranked
+                            .iter()
+                            .map(|r| ClaimOption {
+                                instance_type: input.catalog.types[r.ty].name.clone(),
+                                price: r.price,
+                            })
+                            .collect(),
+                        zones: self.mask_zones(union),
+                        capacity_types,
+                        capacity_type: if first.bit % 2 == 0 {
+                            CapacityType::Spot
+                        } else {
+                            CapacityType::OnDemand
+                        },
+                        price: first.price,
+                        pods: bin.pods,
+                        requests,
+                    });
+                }
+            }
+        }
+        plan.unschedulable = std::mem::take(&mut self.unplaced);
+        plan.unschedulable.sort_by_key(|u| u.pod);
+        plan
+    }
+
+    /// The per-class inputs of the LP lower bound: for each set of shapes with the same
+    /// compatibility, its total demand and the candidate columns (room, price).
+    pub(crate) fn bound_classes(&self, placed_new: &[bool]) -> Vec<(Amount, Vec<(Amount, f64)>)> {
+        let mut classes: BTreeMap<Vec<Option<Vec<u64>>>, Amount> = BTreeMap::new();
+        for shape in &self.shapes {
+            let n = shape.pods.iter().filter(|p| placed_new[**p]).count() as u32;
+            if n == 0 {
+                continue;
+            }
+            let total = classes.entry(shape.compat.clone()).or_insert([0; DIMS]);
+            let add = scaled(&shape.req, n);
+            for d in 0..DIMS {
+                total[d] += add[d];
+            }
+        }
+        classes
+            .into_iter()
+            .map(|(compat, demand)| {
+                let mut cols = Vec::new();
+                for ty in 0..self.prices.len() {
+                    let mut best: Option<(Amount, f64)> = None;
+                    for (pi, c) in compat.iter().enumerate() {
+                        let Some(c) = c else { continue };
+                        if let Some((_, price)) = self.prices[ty].cheapest(c[ty])
+                            && best.is_none_or(|(_, p)| price < p)
+                        {
+                            best = Some((self.room[pi][ty], price));
+                        }
+                    }
+                    cols.extend(best);
+                }
+                (demand, cols)
+            })
+            .collect()
+    }
+}
+
+/// The zone bits of a mask, with both capacity types (the zone pin of a bin).
+fn zone_pin(mask: u64, zones: &[String]) -> u64 {
+    let mut pin = 0;
+    for z in 0..zones.len() {
+        if mask & zone_bits(z) != 0 {
+            pin |= zone_bits(z);
+        }
+    }
+    // Keep the capacity-type restriction too: a spot-only bin stays spot-only.
+    let mut ct = 0u64;
+    if mask & 0x5555_5555_5555_5555 != 0 {
+        ct |= 0x5555_5555_5555_5555;
+    }
+    if mask & 0xAAAA_AAAA_AAAA_AAAA != 0 {
+        ct |= 0xAAAA_AAAA_AAAA_AAAA;
+    }
+    pin & ct
+}
+
+/// The zone of a mask when it allows exactly one.
+fn single_zone(mask: u64) -> Option<usize> {
+    let mut zone = None;
+    for z in 0..MAX_ZONES {
+        if mask & zone_bits(z) != 0 {
+            if zone.is_some() {
+                return None;
+            }
+            zone = Some(z);
+        }
+    }
+    zone
+}
+
+/// How many pods like `pod` may join a node holding `residents` (anti-affinity, ports, spread).
+fn resident_cap(pod: &PodDemand, residents: &[&PodView]) -> u32 {
+    let mut cap = u32::MAX;
+    for r in residents {
+        if pod
+            .anti_affinity_hostname
+            .iter()
+            .any(|s| s.selects(&pod.namespace, &r.namespace, &r.labels))
+            || pod
+                .host_ports
+                .iter()
+                .any(|x| r.host_ports.iter().any(|y: &HostPort| x.conflicts(y)))
+        {
+            return 0;
+        }
+    }
+    for t in pod
+        .topology_spread
+        .iter()
+        .filter(|t| t.key == TopologyKey::Hostname && t.hard)
+    {
+        let n = residents
+            .iter()
+            .filter(|r| t.selector.selects(&pod.namespace, &r.namespace, &r.labels))
+            .count() as u32;
+        cap = cap.min(t.max_skew.saturating_sub(n));
+    }
+    cap
+}
+
+fn describe_selector(sel: &PodSelector) -> String {
+    let parts: Vec<String> = sel.requirements.0.iter().map(|r| r.describe()).collect();
+    if parts.is_empty() {
+        "its selector".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A node label of a prospective node of `pool` with `type_labels`, in `zone` as `ct`.
+fn node_label<'b>(
+    type_labels: &'b [(&'static str, String)],
+    pool: &'b crate::model::NodePoolView,
+    region: &'b str,
+    zone: Option<&'b str>,
+    ct: Option<&'b str>,
+    key: &str,
+) -> Option<&'b str> {
+    match key {
+        ZONE => zone,
+        CAPACITY_TYPE => ct,
+        REGION => Some(region),
+        NODEPOOL => Some(pool.name.as_str()),
+        HOSTNAME => None,
+        _ => type_labels
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+            .or_else(|| lookup(&pool.labels, key)),
+    }
+}
+
+fn is_offering_key(key: &str) -> bool {
+    key == ZONE || key == CAPACITY_TYPE
+}
+
+/// The offering bits allowed by the zone and capacity-type requirements of `reqs`.
+fn offering_mask(reqs: &Requirements, zones: &[String]) -> u64 {
+    let mut mask = 0u64;
+    for (z, zone) in zones.iter().enumerate() {
+        for ct in [CapacityType::Spot, CapacityType::OnDemand] {
+            let ok = reqs.0.iter().filter(|r| is_offering_key(&r.key)).all(|r| {
+                r.matches(Some(if r.key == ZONE {
+                    zone.as_str()
+                } else {
+                    ct.as_str()
+                }))
+            });
+            if ok {
+                mask |= offering_bit(z, ct);
+            }
+        }
+    }
+    mask
+}
+
+/// Whether the type-level (non-offering) requirements hold for a type of `pool`.
+fn type_matches(
+    reqs: &Requirements,
+    type_labels: &[(&'static str, String)],
+    pool: &crate::model::NodePoolView,
+    region: &str,
+) -> bool {
+    reqs.0
+        .iter()
+        .filter(|r| !is_offering_key(&r.key))
+        .all(|r| r.matches(node_label(type_labels, pool, region, None, None, &r.key)))
+}
+
+/// Per type, the offerings allowed by the pool (`pool_mask`) and by some term of `terms`.
+fn terms_masks(
+    terms: &Terms,
+    pool_mask: &[u64],
+    input: PlanInput<'_>,
+    pi: usize,
+    zones: &[String],
+) -> Vec<u64> {
+    if terms.0.is_empty() {
+        return pool_mask.to_vec();
+    }
+    let pool = &input.pools[pi];
+    let region = input.catalog.region.as_str();
+    let term_masks: Vec<u64> = terms.0.iter().map(|t| offering_mask(t, zones)).collect();
+    input
+        .catalog
+        .types
+        .iter()
+        .zip(pool_mask)
+        .map(|(t, pm)| {
+            if *pm == 0 {
+                return 0;
+            }
+            let labels = t.labels();
+            let mut m = 0u64;
+            for (term, tm) in terms.0.iter().zip(&term_masks) {
+                if type_matches(term, &labels, pool, region) {
+                    m |= tm;
+                }
+            }
+            m & pm
+        })
+        .collect()
+}
