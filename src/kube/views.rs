@@ -3,9 +3,9 @@
 //! Malformed fields never fail a translation: a bad quantity counts as zero and is reported, so
 //! one odd object cannot break a watch stream or a scheduler call.
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::model::resources::ResourceError;
+pub use crate::model::pod::pod_requests;
 use crate::model::taints::Effect;
 use crate::model::{Resources, Taint};
 use crate::state::{NodeView, PodView};
@@ -49,48 +49,6 @@ pub fn node_view(node: &Node) -> NodeView {
         ready,
         provider_id: spec.and_then(|s| s.provider_id.clone()),
     }
-}
-
-/// A pod's effective requests, as the scheduler counts them.
-///
-/// The larger of (the sum of app containers plus sidecar init containers) and (each ordinary
-/// init container plus the sidecars started before it), plus the pod overhead. One pod slot.
-///
-/// # Errors
-/// Names the resource whose quantity does not parse.
-pub fn pod_requests(spec: &PodSpec) -> Result<Resources, ResourceError> {
-    let container_requests = |c: &k8s_openapi::api::core::v1::Container| match c
-        .resources
-        .as_ref()
-        .and_then(|r| r.requests.as_ref())
-    {
-        Some(m) => Resources::from_map(m.iter().map(|(k, v)| (k, v.0.as_str()))),
-        None => Ok(Resources::default()),
-    };
-    let mut apps = Resources::default();
-    for c in &spec.containers {
-        apps.add(&container_requests(c)?);
-    }
-    let mut sidecars = Resources::default();
-    let mut init_peak = Resources::default();
-    for c in spec.init_containers.iter().flatten() {
-        let r = container_requests(c)?;
-        if c.restart_policy.as_deref() == Some("Always") {
-            sidecars.add(&r);
-            init_peak.max_each(&sidecars);
-        } else {
-            init_peak.max_each(&sidecars.plus(&r));
-        }
-    }
-    let mut total = apps.plus(&sidecars);
-    total.max_each(&init_peak);
-    if let Some(overhead) = &spec.overhead {
-        total.add(&Resources::from_map(
-            overhead.iter().map(|(k, v)| (k, v.0.as_str())),
-        )?);
-    }
-    total.pods = 1;
-    Ok(total)
 }
 
 /// A pod's view; a pod with unparseable requests counts as requesting nothing but a slot.
