@@ -20,6 +20,7 @@ pub mod kube;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod provision;
 pub mod server;
 pub mod sim;
 pub mod state;
