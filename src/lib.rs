@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cloud;
 pub mod extender;
 pub mod kube;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -166,7 +166,8 @@ impl Provisioner {
             }
         };
         report.claims_planned = plan.claims.len();
-        self.reserve_in_flight(&snapshot, &round, &plan, &mut report).await;
+        self.reserve_in_flight(&snapshot, &round, &plan, &mut report)
+            .await;
         self.launch_all(&snapshot, &round, &plan, &catalog, now, &mut report)
             .await;
         for u in &plan.unschedulable {
@@ -211,11 +212,14 @@ impl Provisioner {
             if let Target::Claim(name) = &p.target
                 && let (Some(d), Some(uid)) = (round.pods.get(p.pod), round.uids.get(p.pod))
             {
-                by_claim.entry(name.as_str()).or_default().push(ReservedPod {
-                    uid: uid.clone(),
-                    namespace: d.namespace.clone(),
-                    name: d.name.clone(),
-                });
+                by_claim
+                    .entry(name.as_str())
+                    .or_default()
+                    .push(ReservedPod {
+                        uid: uid.clone(),
+                        namespace: d.namespace.clone(),
+                        name: d.name.clone(),
+                    });
             }
         }
         for (name, pods) in by_claim {
@@ -238,7 +242,9 @@ impl Provisioner {
     ) {
         let mut jobs = Vec::new();
         for claim in &plan.claims {
-            let Some(pool) = snapshot.nodepools.get(&claim.pool) else { continue };
+            let Some(pool) = snapshot.nodepools.get(&claim.pool) else {
+                continue;
+            };
             let class_name = &pool.spec.template.spec.node_class_ref.name;
             let Some(class) = snapshot.nodeclasses.get(class_name) else {
                 warn!(nodepool = %claim.pool, nodeclass = %class_name, "nodeclass not found; cannot launch");

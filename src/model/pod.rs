@@ -463,7 +463,8 @@ fn affinity_selector(term: &PodAffinityTerm, field: &str) -> Result<PodSelector,
     )
 }
 
-fn toleration(t: &K8sToleration) -> Result<Toleration, PodError> {
+/// Converts a Kubernetes toleration; shared with the lifecycle gate's DaemonSet check.
+pub fn toleration(t: &K8sToleration) -> Result<Toleration, PodError> {
     let operator = match t.operator.as_deref() {
         None | Some("Equal") | Some("") => TolerationOperator::Equal,
         Some("Exists") => TolerationOperator::Exists,

@@ -77,7 +77,9 @@ pub fn pools(snapshot: &ClusterSnapshot, skipped: &mut Vec<(String, String)>) ->
     let mut names: Vec<&String> = snapshot.nodepools.keys().collect();
     names.sort();
     for name in names {
-        let Some(pool) = snapshot.nodepools.get(name) else { continue };
+        let Some(pool) = snapshot.nodepools.get(name) else {
+            continue;
+        };
         match NodePoolView::from_crd(pool) {
             Ok(mut view) => {
                 view.daemon_overhead = overhead.clone();
@@ -121,7 +123,9 @@ fn plan_pod(pod: &Pod) -> PlanPod {
 pub fn build(snapshot: &ClusterSnapshot, pending: &[String], catalog: &Catalog) -> RoundInput {
     let mut input = RoundInput::default();
     for uid in pending {
-        let Some(pod) = snapshot.pending.get(uid) else { continue };
+        let Some(pod) = snapshot.pending.get(uid) else {
+            continue;
+        };
         match PodDemand::from_pod(pod) {
             Ok(d) => {
                 input.pods.push(d);
@@ -136,7 +140,9 @@ pub fn build(snapshot: &ClusterSnapshot, pending: &[String], catalog: &Catalog) 
     let mut names: Vec<&String> = snapshot.nodes.keys().collect();
     names.sort();
     for name in names {
-        let Some(n) = snapshot.nodes.get(name) else { continue };
+        let Some(n) = snapshot.nodes.get(name) else {
+            continue;
+        };
         if n.deleting || n.unschedulable || n.has_taint(TAINT_DISRUPTED) {
             continue;
         }
@@ -207,15 +213,24 @@ fn claim_view(
             .map(|v| v.iter().filter_map(|s| CapacityType::parse(s)).collect())
             .unwrap_or_default(),
     };
-    let max_pods = pools.iter().find(|p| p.name == pool).and_then(|p| p.max_pods);
+    let max_pods = pools
+        .iter()
+        .find(|p| p.name == pool)
+        .and_then(|p| p.max_pods);
     // Room on the smallest option, so whatever launches still holds what is reserved.
     let smallest = options
         .iter()
         .filter_map(|o| catalog.get(o))
         .map(|t| t.allocatable(max_pods))
         .min_by_key(|a| (a.cpu, a.memory))?;
-    let requests = Resources::from_map(c.spec.resources.requests.iter().map(|(k, v)| (k, v.as_str())))
-        .unwrap_or_default();
+    let requests = Resources::from_map(
+        c.spec
+            .resources
+            .requests
+            .iter()
+            .map(|(k, v)| (k, v.as_str())),
+    )
+    .unwrap_or_default();
     let reserved: Vec<PlanPod> = status
         .map(|s| {
             s.reserved_pods

@@ -93,7 +93,11 @@ pub fn claim_object(name: &str, pool: &NodePool, planned: &NewClaim) -> NodeClai
     };
     requirements.push(req(
         INSTANCE_TYPE,
-        planned.options.iter().map(|o| o.instance_type.clone()).collect(),
+        planned
+            .options
+            .iter()
+            .map(|o| o.instance_type.clone())
+            .collect(),
     ));
     requirements.push(req(ZONE, planned.zones.clone()));
     requirements.push(req(
@@ -232,16 +236,18 @@ pub async fn launch(
             LaunchOutcome::Launched(Box::new(inst))
         }
         Err(CloudError::InsufficientCapacity { offerings }) => {
-            let why = format!(
-                "insufficient capacity in {} offering(s)",
-                offerings.len()
-            );
+            let why = format!("insufficient capacity in {} offering(s)", offerings.len());
             abandon(cluster, name).await;
             LaunchOutcome::NoCapacity(why)
         }
         Err(CloudError::Config { reason }) => {
             cluster
-                .record_event(claim_event(&created, "Warning", "LaunchFailed", reason.clone()))
+                .record_event(claim_event(
+                    &created,
+                    "Warning",
+                    "LaunchFailed",
+                    reason.clone(),
+                ))
                 .await;
             abandon(cluster, name).await;
             LaunchOutcome::Failed(reason)
@@ -256,7 +262,12 @@ pub async fn abandon(cluster: &dyn ClusterApi, name: &str) {
     let _ = cluster.remove_nodeclaim_finalizer(name).await;
 }
 
-fn claim_event(claim: &NodeClaim, type_: &'static str, reason: &'static str, message: String) -> EventRecord {
+fn claim_event(
+    claim: &NodeClaim,
+    type_: &'static str,
+    reason: &'static str,
+    message: String,
+) -> EventRecord {
     EventRecord {
         kind: "NodeClaim",
         namespace: String::new(),
@@ -271,7 +282,12 @@ fn claim_event(claim: &NodeClaim, type_: &'static str, reason: &'static str, mes
 /// Most pods a single launch puts an event on, so a burst does not flood the API server.
 const MAX_POD_EVENTS: usize = 50;
 
-async fn announce(cluster: &dyn ClusterApi, claim: &NodeClaim, inst: &Instance, pods: &[(&PodDemand, &str)]) {
+async fn announce(
+    cluster: &dyn ClusterApi,
+    claim: &NodeClaim,
+    inst: &Instance,
+    pods: &[(&PodDemand, &str)],
+) {
     let name = claim.metadata.name.clone().unwrap_or_default();
     let msg = format!(
         "launched nodeclaim {name} ({}, {}, {}) for this pod",
@@ -314,7 +330,11 @@ pub async fn add_reservations(
 ) -> Result<(), ClusterError> {
     let name = claim.metadata.name.clone().unwrap_or_default();
     let mut status = claim.status.clone().unwrap_or_default();
-    let mut seen: BTreeMap<String, ()> = status.reserved_pods.iter().map(|p| (p.uid.clone(), ())).collect();
+    let mut seen: BTreeMap<String, ()> = status
+        .reserved_pods
+        .iter()
+        .map(|p| (p.uid.clone(), ()))
+        .collect();
     for p in pods {
         if seen.insert(p.uid.clone(), ()).is_none() {
             status.reserved_pods.push(p.clone());
