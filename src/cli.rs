@@ -33,6 +33,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Print the CRD manifests (NodePool, EC2NodeClass, NodeClaim).
     Crds(CrdsArgs),
+    /// List the instance types the cloud sells, with zones and prices.
+    Catalog(crate::cloud::command::CatalogArgs),
 }
 
 /// `gantry crds`.

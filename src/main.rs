@@ -8,5 +8,6 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds(args) => gantry::kube::write_crds(args.out.as_deref()),
+        Command::Catalog(args) => gantry::cloud::command::run(args),
     }
 }
