@@ -48,6 +48,8 @@ pub enum Command {
     Crds(CrdsArgs),
     /// Plan nodes for manifests offline and compare the cost with the LP lower bound.
     Plan(crate::plan::command::PlanArgs),
+    /// List the instance types the cloud sells, with zones and prices.
+    Catalog(crate::cloud::command::CatalogArgs),
 }
 
 /// Why flags do not make a valid configuration.

@@ -1,6 +1,20 @@
 //! The cloud behind a trait, so the loops are tested against a simulated cloud and EC2 alike.
 //!
-//! Implementations: `ec2` (aws-sdk-ec2) and `sim` (in-process, with fault injection).
+//! Implementations: `ec2` (aws-sdk-ec2) and `sim` (in-process, with fault injection). Both
+//! share the claim-to-offerings narrowing in `candidates` and the insufficient-capacity back-off
+//! in `backoff`; `command` is `gantry catalog`.
+//!
+//! ```text
+//! NodeClaim ──candidates──▶ ranked offerings − backed-off ──▶ CreateFleet (ec2) / pick (sim)
+//!                                                     ▲                 │ capacity errors
+//!                                                     └──── backoff ◀───┘ (1 min doubling to 30 min)
+//! ```
+
+pub mod backoff;
+pub mod candidates;
+pub mod command;
+pub mod ec2;
+pub mod sim;
 
 use std::sync::Arc;
 

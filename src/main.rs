@@ -50,5 +50,6 @@ fn main() -> Result<()> {
         }
         Command::Crds(args) => gantry::kube::write_crds(args.out.as_deref()),
         Command::Plan(args) => Ok(gantry::plan::command::run(args)?),
+        Command::Catalog(args) => gantry::cloud::command::run(args),
     }
 }
