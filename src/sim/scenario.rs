@@ -1,0 +1,256 @@
+//! Scenarios for the simulation: the same YAML kinds `gantry plan` reads, turned into the objects
+//! a cluster would hold (workloads expanded into Pods, Karpenter kinds accepted).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde::Deserialize;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::kube::crd::{EC2NodeClass, NodePool};
+use crate::model::labels::SCHEDULER_NAME;
+
+/// The built-in scenario (`gantry demo` with no `--scenario`).
+pub const BUILTIN: &str = include_str!("scenario.yaml");
+
+/// Why a scenario could not be read; names the document and what is wrong.
+#[derive(Debug, Error)]
+pub enum ScenarioError {
+    /// YAML syntax.
+    #[error("document {doc}: invalid yaml")]
+    Yaml {
+        /// 1-based document number.
+        doc: usize,
+        /// Parser error.
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A known kind with a bad field.
+    #[error("document {doc} ({kind} {name}): {problem}")]
+    Object {
+        /// 1-based document number.
+        doc: usize,
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Everything a scenario puts into the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Scenario {
+    /// Pending pods (scheduled by the `gantry` profile).
+    pub pods: Vec<Pod>,
+    /// NodePools.
+    pub nodepools: Vec<NodePool>,
+    /// EC2NodeClasses.
+    pub nodeclasses: Vec<EC2NodeClass>,
+    /// DaemonSets.
+    pub daemonsets: Vec<DaemonSet>,
+}
+
+fn template_pods(
+    template: &PodTemplateSpec,
+    namespace: &str,
+    workload: &str,
+    owner_kind: &str,
+    count: usize,
+) -> Vec<Pod> {
+    (0..count)
+        .map(|i| {
+            let mut meta = template.metadata.clone().unwrap_or_default();
+            meta.name = Some(format!("{workload}-{i}"));
+            meta.namespace = Some(namespace.to_string());
+            meta.owner_references = Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: owner_kind.into(),
+                name: workload.to_string(),
+                uid: format!("{namespace}-{workload}"),
+                controller: Some(true),
+                ..Default::default()
+            }]);
+            let mut spec = template.spec.clone().unwrap_or_default();
+            spec.scheduler_name = Some(SCHEDULER_NAME.to_string());
+            Pod {
+                metadata: meta,
+                spec: Some(spec),
+                status: None,
+            }
+        })
+        .collect()
+}
+
+fn field<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    v.pointer(path)
+}
+
+/// Parses multi-document YAML into a scenario.
+///
+/// # Errors
+/// [`ScenarioError`] naming the document and field.
+pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+    let mut s = Scenario::default();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let n = i + 1;
+        let v = Value::deserialize(doc).map_err(|source| ScenarioError::Yaml { doc: n, source })?;
+        if v.is_null() {
+            continue;
+        }
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        let name = field(&v, "/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let namespace = field(&v, "/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let bad = |problem: String| ScenarioError::Object {
+            doc: n,
+            kind: kind.clone(),
+            name: name.clone(),
+            problem,
+        };
+        let template = || -> Result<PodTemplateSpec, ScenarioError> {
+            let t = field(&v, "/spec/template")
+                .cloned()
+                .ok_or_else(|| bad("spec.template is missing".into()))?;
+            serde_json::from_value(t).map_err(|e| bad(format!("spec.template: {e}")))
+        };
+        let count = |path: &str, default: u64| -> usize {
+            field(&v, path).and_then(Value::as_u64).unwrap_or(default) as usize
+        };
+        match kind.as_str() {
+            "Pod" => {
+                let mut pod: Pod =
+                    serde_json::from_value(v.clone()).map_err(|e| bad(e.to_string()))?;
+                pod.metadata.namespace.get_or_insert(namespace.clone());
+                pod.spec.get_or_insert_with(Default::default).scheduler_name =
+                    Some(SCHEDULER_NAME.to_string());
+                s.pods.push(pod);
+            }
+            "Deployment" | "StatefulSet" | "ReplicaSet" => {
+                let owner = if kind == "StatefulSet" { "StatefulSet" } else { "ReplicaSet" };
+                s.pods.extend(template_pods(
+                    &template()?,
+                    &namespace,
+                    &name,
+                    owner,
+                    count("/spec/replicas", 1),
+                ));
+            }
+            "Job" => {
+                s.pods.extend(template_pods(
+                    &template()?,
+                    &namespace,
+                    &name,
+                    "Job",
+                    count("/spec/parallelism", 1),
+                ));
+            }
+            "DaemonSet" => {
+                s.daemonsets
+                    .push(serde_json::from_value(v.clone()).map_err(|e| bad(e.to_string()))?);
+            }
+            "NodePool" => {
+                let mut pool: NodePool =
+                    serde_json::from_value(with_gantry_api(&v)).map_err(|e| bad(e.to_string()))?;
+                pool.metadata.namespace = None;
+                s.nodepools.push(pool);
+            }
+            "EC2NodeClass" => {
+                let class: EC2NodeClass =
+                    serde_json::from_value(with_gantry_api(&v)).map_err(|e| bad(e.to_string()))?;
+                s.nodeclasses.push(class);
+            }
+            other => return Err(bad(format!("kind {other:?} is not supported"))),
+        }
+    }
+    if s.nodeclasses.is_empty() {
+        s.nodeclasses.push(EC2NodeClass::new("default", Default::default()));
+    }
+    if s.nodepools.is_empty() {
+        let mut spec: crate::kube::crd::NodePoolSpec = serde_json::from_value(serde_json::json!({
+            "template": {"spec": {"nodeClassRef": {"group": "gantry.dev", "kind": "EC2NodeClass",
+                "name": s.nodeclasses.first().and_then(|c| c.metadata.name.clone()).unwrap_or_default()}}}
+        }))
+        .map_err(|e| ScenarioError::Object {
+            doc: 0,
+            kind: "NodePool".into(),
+            name: "default".into(),
+            problem: e.to_string(),
+        })?;
+        spec.weight = Some(1);
+        s.nodepools.push(NodePool::new("default", spec));
+    }
+    Ok(s)
+}
+
+/// Karpenter documents carry their own apiVersion; the fields are the same.
+fn with_gantry_api(v: &Value) -> Value {
+    let mut v = v.clone();
+    v["apiVersion"] = Value::String("gantry.dev/v1".into());
+    if let Some(r) = v.pointer_mut("/spec/template/spec/nodeClassRef") {
+        r["group"] = Value::String("gantry.dev".into());
+    }
+    v
+}
+
+/// Pods per workload, for the report.
+pub fn workload_counts(pods: &[Pod]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for p in pods {
+        let w = p
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .map(|o| o.name.clone())
+            .or_else(|| p.metadata.name.clone())
+            .unwrap_or_default();
+        *m.entry(w).or_default() += 1;
+    }
+    m
+}
+
+/// Empty metadata helper for tests.
+pub fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_scenario_expands() {
+        let s = parse(BUILTIN).unwrap();
+        assert!(s.pods.len() >= 1000, "{}", s.pods.len());
+        assert_eq!(s.nodepools.len(), 2);
+        assert_eq!(s.daemonsets.len(), 2);
+        let counts = workload_counts(&s.pods);
+        assert_eq!(counts["web"], 400);
+        assert_eq!(counts["train"], 8);
+        assert!(s.pods.iter().all(|p| p.spec.as_ref().unwrap().scheduler_name.as_deref() == Some("gantry")));
+    }
+
+    #[test]
+    fn karpenter_pool_and_unknown_kind() {
+        let s = parse(
+            "apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: k}\nspec:\n  template:\n    spec:\n      nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}\n",
+        )
+        .unwrap();
+        assert_eq!(s.nodepools[0].spec.template.spec.node_class_ref.group, "gantry.dev");
+        let e = parse("kind: Secret\nmetadata: {name: x}\n").unwrap_err().to_string();
+        assert!(e.contains("Secret"), "{e}");
+    }
+}
