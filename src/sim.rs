@@ -2,3 +2,5 @@
 //! real HTTPS extender, so `gantry demo` and the full-loop tests run the same code as `serve`.
 
 pub mod cluster;
+pub mod kubelet;
+pub mod scheduler;
