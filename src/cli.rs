@@ -50,6 +50,8 @@ pub enum Command {
     Plan(crate::plan::command::PlanArgs),
     /// List the instance types the cloud sells, with zones and prices.
     Catalog(crate::cloud::command::CatalogArgs),
+    /// Run the whole loop in-process: simulated cloud and cluster, the real HTTPS extender.
+    Demo(crate::sim::demo::DemoArgs),
 }
 
 /// Why flags do not make a valid configuration.

@@ -51,5 +51,14 @@ fn main() -> Result<()> {
         Command::Crds(args) => gantry::kube::write_crds(args.out.as_deref()),
         Command::Plan(args) => Ok(gantry::plan::command::run(args)?),
         Command::Catalog(args) => gantry::cloud::command::run(args),
+        Command::Demo(args) => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let report = rt.block_on(gantry::sim::demo::run(&args))?;
+            print!("{}", gantry::sim::demo::render(&report));
+            if report.leaked_instances > 0 || report.pods_bound_to_gated_nodes > 0 {
+                anyhow::bail!("the demo broke an invariant (leaks or gated binds)");
+            }
+            Ok(())
+        }
     }
 }

@@ -2,4 +2,7 @@
 //! real HTTPS extender, so `gantry demo` and the full-loop tests run the same code as `serve`.
 
 pub mod cluster;
+pub mod demo;
+pub mod kubelet;
 pub mod scenario;
+pub mod scheduler;

@@ -136,7 +136,11 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
                 s.pods.push(pod);
             }
             "Deployment" | "StatefulSet" | "ReplicaSet" => {
-                let owner = if kind == "StatefulSet" { "StatefulSet" } else { "ReplicaSet" };
+                let owner = if kind == "StatefulSet" {
+                    "StatefulSet"
+                } else {
+                    "ReplicaSet"
+                };
                 s.pods.extend(template_pods(
                     &template()?,
                     &namespace,
@@ -173,7 +177,8 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
         }
     }
     if s.nodeclasses.is_empty() {
-        s.nodeclasses.push(EC2NodeClass::new("default", Default::default()));
+        s.nodeclasses
+            .push(EC2NodeClass::new("default", Default::default()));
     }
     if s.nodepools.is_empty() {
         let mut spec: crate::kube::crd::NodePoolSpec = serde_json::from_value(serde_json::json!({
@@ -240,7 +245,11 @@ mod tests {
         let counts = workload_counts(&s.pods);
         assert_eq!(counts["web"], 400);
         assert_eq!(counts["train"], 8);
-        assert!(s.pods.iter().all(|p| p.spec.as_ref().unwrap().scheduler_name.as_deref() == Some("gantry")));
+        assert!(
+            s.pods
+                .iter()
+                .all(|p| p.spec.as_ref().unwrap().scheduler_name.as_deref() == Some("gantry"))
+        );
     }
 
     #[test]
@@ -249,8 +258,13 @@ mod tests {
             "apiVersion: karpenter.sh/v1\nkind: NodePool\nmetadata: {name: k}\nspec:\n  template:\n    spec:\n      nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}\n",
         )
         .unwrap();
-        assert_eq!(s.nodepools[0].spec.template.spec.node_class_ref.group, "gantry.dev");
-        let e = parse("kind: Secret\nmetadata: {name: x}\n").unwrap_err().to_string();
+        assert_eq!(
+            s.nodepools[0].spec.template.spec.node_class_ref.group,
+            "gantry.dev"
+        );
+        let e = parse("kind: Secret\nmetadata: {name: x}\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Secret"), "{e}");
     }
 }

@@ -1,0 +1,509 @@
+//! `gantry demo`: the whole loop in one process, on virtual time.
+//!
+//! The simulated cluster and cloud, the fake kubelet and the scheduler stand-in (which calls the
+//! real HTTPS extender over loopback TLS) are driven tick by tick; the provisioner and the
+//! lifecycle controller are the very ones `serve` runs. HTTPS calls take real time but no
+//! virtual time, so reported times are what a cluster would see, independent of this machine.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::cloud::CloudProvider;
+use crate::cloud::sim::{SimCloud, SimConfig};
+use crate::extender::client::{Alpn, ExtenderClient, tls_config};
+use crate::extender::routes::RequestLimits;
+use crate::lifecycle::{Lifecycle, LifecycleConfig};
+use crate::model::labels::{TAINT_INITIALIZING, TAINT_UNREGISTERED};
+use crate::model::{Catalog, NodePoolView, PodDemand};
+use crate::plan::PlanInput;
+use crate::provision::batch::BatchPolicy;
+use crate::provision::launch::InFlight;
+use crate::provision::{Provisioner, ProvisionerConfig};
+use crate::server::tls::{TlsFiles, TlsReloader};
+use crate::server::{AppState, https_router};
+use crate::sim::cluster::SimCluster;
+use crate::sim::kubelet::{KubeletConfig, SimKubelet};
+use crate::sim::scenario::{self, Scenario};
+use crate::sim::scheduler::{SchedulerConfig, SchedulerStandIn};
+
+/// Which cloud the demo launches into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoCloud {
+    /// The in-process simulated cloud (the embedded us-east-1 catalog).
+    Sim,
+}
+
+/// `gantry demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// A scenario (the YAML kinds `gantry plan` reads); the built-in burst of 1,058 pods otherwise.
+    #[arg(long, env = "GANTRY_DEMO_SCENARIO")]
+    pub scenario: Option<PathBuf>,
+    /// Where instances are launched.
+    #[arg(long, env = "GANTRY_DEMO_CLOUD", value_enum, default_value_t = DemoCloud::Sim)]
+    pub cloud: DemoCloud,
+    /// Virtual seconds per real second; 0 runs as fast as the machine allows.
+    #[arg(long, env = "GANTRY_DEMO_SPEED", default_value_t = 0.0)]
+    pub speed: f64,
+    /// Virtual time per tick.
+    #[arg(long, env = "GANTRY_DEMO_TICK", default_value = "1s", value_parser = crate::cli::parse_duration)]
+    pub tick: Duration,
+    /// Stop after this much virtual time even if pods are still pending.
+    #[arg(long, env = "GANTRY_DEMO_MAX_TIME", default_value = "30m", value_parser = crate::cli::parse_duration)]
+    pub max_time: Duration,
+    /// Batching: plan once no new demand arrived for this long.
+    #[arg(long, env = "GANTRY_BATCH_IDLE", default_value = "1s", value_parser = crate::cli::parse_duration)]
+    pub batch_idle: Duration,
+    /// Batching: plan at most this long after demand first appeared.
+    #[arg(long, env = "GANTRY_BATCH_MAX", default_value = "10s", value_parser = crate::cli::parse_duration)]
+    pub batch_max: Duration,
+    /// Write the report as JSON here too.
+    #[arg(long, env = "GANTRY_DEMO_REPORT_JSON")]
+    pub report_json: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long, env = "GANTRY_DEMO_QUIET")]
+    pub quiet: bool,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        DemoArgs {
+            scenario: None,
+            cloud: DemoCloud::Sim,
+            speed: 0.0,
+            tick: Duration::from_secs(1),
+            max_time: Duration::from_secs(1800),
+            batch_idle: Duration::from_secs(1),
+            batch_max: Duration::from_secs(10),
+            report_json: None,
+            quiet: true,
+        }
+    }
+}
+
+/// Time-to-bound percentiles in virtual seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// The demo's final report; the JSON shape is the README's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DemoReport {
+    /// Pods in the scenario.
+    pub pods_total: usize,
+    /// Pods bound at the end.
+    pub pods_bound: usize,
+    /// Nodes Gantry launched that are alive at the end.
+    pub nodes: usize,
+    /// USD/hour of those nodes.
+    pub cost_per_hour: f64,
+    /// The LP lower bound for the scenario's pods, USD/hour.
+    pub lower_bound_per_hour: f64,
+    /// Requested CPU over allocatable CPU, on Gantry's nodes.
+    pub cpu_utilization: f64,
+    /// Requested memory over allocatable memory, on Gantry's nodes.
+    pub memory_utilization: f64,
+    /// From pod creation to bind, virtual seconds.
+    pub time_to_bound_seconds: Percentiles,
+    /// Instances alive with no NodeClaim at the end (must be 0).
+    pub leaked_instances: usize,
+    /// Pods bound to a node still carrying a startup taint (must be 0).
+    pub pods_bound_to_gated_nodes: usize,
+    /// Pods bound to a node other than the one launched for them.
+    pub pods_bound_off_reservation: usize,
+    /// Nodes by `type/zone/capacity-type`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes_by_type: BTreeMap<String, usize>,
+    /// Virtual seconds simulated.
+    pub simulated_seconds: f64,
+    /// Wall-clock seconds the run took.
+    pub wall_seconds: f64,
+    /// Planning rounds run.
+    pub planning_rounds: usize,
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The scenario file.
+    #[error("cannot read scenario {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The scenario content.
+    #[error("invalid scenario")]
+    Scenario(#[from] scenario::ScenarioError),
+    /// Setting up the in-process server.
+    #[error("cannot start the in-process extender: {0}")]
+    Setup(String),
+    /// Writing the report.
+    #[error("cannot write the report")]
+    Write(#[from] std::io::Error),
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(idx).copied().unwrap_or(0.0)
+}
+
+/// The LP lower bound of the scenario's pods over its pools, from an empty cluster.
+pub fn scenario_lower_bound(s: &Scenario, catalog: &Catalog, now: jiff::Timestamp) -> f64 {
+    let pods: Vec<PodDemand> = s
+        .pods
+        .iter()
+        .filter_map(|p| PodDemand::from_pod(p).ok())
+        .collect();
+    let mut overhead = crate::model::Resources::default();
+    for ds in &s.daemonsets {
+        if let Some(spec) = ds.spec.template.spec.as_ref()
+            && let Ok(r) = crate::model::pod::pod_requests(spec)
+        {
+            overhead.add(&r);
+        }
+    }
+    let pools: Vec<NodePoolView> = s
+        .nodepools
+        .iter()
+        .filter_map(|p| NodePoolView::from_crd(p).ok())
+        .map(|mut v| {
+            v.daemon_overhead = overhead.clone();
+            v
+        })
+        .collect();
+    let input = PlanInput {
+        pods: &pods,
+        pools: &pools,
+        catalog,
+        nodes: &[],
+        in_flight: &[],
+        now,
+    };
+    let plan = crate::plan::plan(&input);
+    crate::plan::lower_bound::plan_lower_bound(&input, &plan)
+}
+
+/// Runs the demo and returns its report.
+///
+/// # Errors
+/// Only set-up failures; what happens in the simulation is reported, not raised.
+pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
+    let wall = Instant::now();
+    let text = match &args.scenario {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| DemoError::Read {
+            path: path.clone(),
+            source,
+        })?,
+        None => scenario::BUILTIN.to_string(),
+    };
+    let scenario = scenario::parse(&text)?;
+    let t0: jiff::Timestamp = "2026-01-05T09:00:00Z"
+        .parse()
+        .map_err(|e: jiff::Error| DemoError::Setup(e.to_string()))?;
+
+    // The real HTTPS extender, on loopback, with fresh certificates.
+    let app = AppState::new(Duration::from_secs(600));
+    let dir = tempfile_dir()?;
+    let certs = crate::certs::generate(
+        &["localhost".into()],
+        &["127.0.0.1"
+            .parse()
+            .map_err(|_| DemoError::Setup("ip".into()))?],
+    )
+    .map_err(|e| DemoError::Setup(e.to_string()))?;
+    crate::certs::write(&certs, &dir).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let live = Arc::new(ArcSwapOption::empty());
+    let files = TlsFiles {
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+        client_ca: None,
+    };
+    TlsReloader::new(files, live.clone(), app.metrics.clone()).poll_once();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let stop = CancellationToken::new();
+    let limits = RequestLimits {
+        max_body_bytes: 64 << 20,
+        timeout: Duration::from_secs(5),
+    };
+    let server = tokio::spawn(crate::server::https::serve_tls(
+        listener,
+        https_router(&app, limits, false, None),
+        live,
+        stop.clone(),
+        Duration::from_secs(5),
+    ));
+    let tls = tls_config(certs.ca_cert.as_bytes(), None, Alpn::H2)
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let mut client = ExtenderClient::connect(addr, "localhost", Arc::new(tls), "/scheduler")
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+
+    // The cluster and the cloud.
+    let cluster = SimCluster::new(
+        t0,
+        app.cluster.clone(),
+        app.ledger.clone(),
+        Duration::from_secs(120),
+    );
+    let sim_cloud = Arc::new(
+        SimCloud::embedded(SimConfig::default()).map_err(|e| DemoError::Setup(e.to_string()))?,
+    );
+    let cloud: Arc<dyn CloudProvider> = sim_cloud.clone();
+    let catalog = cloud
+        .catalog()
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    for c in &scenario.nodeclasses {
+        cluster.put_nodeclass(c.clone());
+    }
+    for p in &scenario.nodepools {
+        cluster.put_nodepool(p.clone());
+    }
+    for d in &scenario.daemonsets {
+        cluster.put_daemonset(d.clone());
+    }
+    for p in &scenario.pods {
+        cluster.add_pod(p.clone());
+    }
+    let lower_bound = scenario_lower_bound(&scenario, &catalog, t0);
+
+    let inflight = InFlight::default();
+    let api: Arc<dyn crate::kube::api::ClusterApi> = cluster.clone();
+    let mut provisioner = Provisioner::new(
+        api.clone(),
+        cloud.clone(),
+        app.cluster.clone(),
+        app.ledger.clone(),
+        inflight.clone(),
+        ProvisionerConfig {
+            batch: BatchPolicy {
+                idle: args.batch_idle,
+                max: args.batch_max,
+            },
+            ..Default::default()
+        },
+    );
+    let mut lifecycle = Lifecycle::new(
+        api,
+        cloud.clone(),
+        app.cluster.clone(),
+        inflight,
+        LifecycleConfig::default(),
+    );
+    let mut kubelet = SimKubelet::new(KubeletConfig::typical(catalog.clone()));
+    let mut scheduler = SchedulerStandIn::new(SchedulerConfig::default());
+
+    let mut report = DemoReport {
+        pods_total: scenario.pods.len(),
+        lower_bound_per_hour: lower_bound,
+        ..Default::default()
+    };
+    let mut ttb: Vec<f64> = Vec::new();
+    let mut now = t0;
+    let deadline = t0 + jiff::SignedDuration::try_from(args.max_time).unwrap_or_default();
+    let tick =
+        jiff::SignedDuration::try_from(args.tick).unwrap_or(jiff::SignedDuration::from_secs(1));
+    let mut last_progress = t0;
+    loop {
+        let step_started = Instant::now();
+        let stats = scheduler.step(now, &cluster, &mut client).await;
+        for b in &stats.bound {
+            if let Some(c) = b.created {
+                ttb.push(now.duration_since(c).as_secs_f64());
+            }
+        }
+        report.pods_bound_to_gated_nodes += stats.bound_to_gated;
+        report.pods_bound_off_reservation += stats.bound_off_reservation;
+        if provisioner.tick(now).await.is_some() {
+            report.planning_rounds += 1;
+        }
+        lifecycle.tick(now).await;
+        kubelet.step(now, cloud.as_ref(), &cluster).await;
+
+        let snap = app.cluster.load();
+        let pending = snap.pending.len();
+        let done = pending == 0
+            && snap
+                .nodeclaims
+                .values()
+                .all(|c| c.is_condition_true(crate::kube::crd::conditions::INITIALIZED));
+        if !args.quiet && (now.duration_since(last_progress).as_secs() >= 10 || done) {
+            last_progress = now;
+            progress(&snap, now.duration_since(t0).as_secs_f64());
+        }
+        if done || now >= deadline {
+            break;
+        }
+        now += tick;
+        cluster.set_now(now);
+        sim_cloud.advance(args.tick);
+        if args.speed > 0.0 {
+            let budget = args.tick.as_secs_f64() / args.speed;
+            let spent = step_started.elapsed().as_secs_f64();
+            if budget > spent {
+                tokio::time::sleep(Duration::from_secs_f64(budget - spent)).await;
+            }
+        }
+    }
+    // A last collection pass, so the leak count reflects what GC would leave behind.
+    lifecycle.tick(now).await;
+
+    let snap = app.cluster.load();
+    let mut alloc = crate::model::Resources::default();
+    let mut used = crate::model::Resources::default();
+    for claim in snap.nodeclaims.values() {
+        let Some(s) = &claim.status else { continue };
+        if let (Some(t), Some(z), Some(ct)) = (&s.instance_type, &s.zone, &s.capacity_type) {
+            *report
+                .nodes_by_type
+                .entry(format!("{t}/{z}/{ct}"))
+                .or_default() += 1;
+            report.nodes += 1;
+            report.cost_per_hour += s
+                .price_per_hour
+                .as_deref()
+                .and_then(|p| p.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+        if let Some(n) = s.node_name.as_deref().and_then(|n| snap.node(n)) {
+            alloc.add(&n.allocatable);
+            used.add(&n.requested);
+        }
+    }
+    report.cpu_utilization = ratio(used.cpu, alloc.cpu);
+    report.memory_utilization = ratio(used.memory, alloc.memory);
+    report.pods_bound = report.pods_total.saturating_sub(snap.pending.len());
+    let owners: std::collections::HashSet<&str> =
+        snap.nodeclaims.keys().map(String::as_str).collect();
+    report.leaked_instances = cloud
+        .list()
+        .await
+        .map(|l| {
+            l.iter()
+                .filter(|i| i.state.is_alive())
+                .filter(|i| !i.nodeclaim.as_deref().is_some_and(|c| owners.contains(c)))
+                .count()
+        })
+        .unwrap_or(0);
+    ttb.sort_by(f64::total_cmp);
+    report.time_to_bound_seconds = Percentiles {
+        p50: percentile(&ttb, 0.5),
+        p95: percentile(&ttb, 0.95),
+        max: ttb.last().copied().unwrap_or(0.0),
+    };
+    report.simulated_seconds = now.duration_since(t0).as_secs_f64();
+    report.wall_seconds = wall.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default())?;
+    }
+    Ok(report)
+}
+
+fn ratio(a: i64, b: i64) -> f64 {
+    if b > 0 { a as f64 / b as f64 } else { 0.0 }
+}
+
+fn tempfile_dir() -> Result<PathBuf, DemoError> {
+    let base = std::env::temp_dir().join(format!(
+        "gantry-demo-{}-{}",
+        std::process::id(),
+        jiff::Timestamp::now().as_nanosecond()
+    ));
+    std::fs::create_dir_all(&base).map_err(|e| DemoError::Setup(e.to_string()))?;
+    Ok(base)
+}
+
+fn progress(snap: &crate::state::ClusterSnapshot, t: f64) {
+    let claims = snap.nodeclaims.len();
+    let launching = snap
+        .nodeclaims
+        .values()
+        .filter(|c| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_none()
+        })
+        .count();
+    let gated = snap
+        .nodes
+        .values()
+        .filter(|n| n.has_taint(TAINT_INITIALIZING) || n.has_taint(TAINT_UNREGISTERED))
+        .count();
+    let bound: usize = snap.pods_by_node.values().map(Vec::len).sum();
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "[t={t:>6.0}s] pending {:>5}  nodeclaims {:>4} (launching {:>3}, gated {:>3}, ready {:>4})  pods bound {:>5}",
+        snap.pending.len(),
+        claims,
+        launching,
+        gated,
+        snap.nodes.len().saturating_sub(gated),
+        bound
+    );
+}
+
+/// Renders the report for people.
+pub fn render(r: &DemoReport) -> String {
+    let mut s = String::new();
+    s.push_str("\nGantry demo report\n==================\n");
+    s.push_str(&format!(
+        "pods: {} total, {} bound   nodes: {}   simulated {:.0}s in {:.1}s wall, {} planning rounds\n\n",
+        r.pods_total, r.pods_bound, r.nodes, r.simulated_seconds, r.wall_seconds, r.planning_rounds
+    ));
+    s.push_str("nodes by type / zone / capacity type:\n");
+    for (k, n) in &r.nodes_by_type {
+        s.push_str(&format!("  {n:>4}  {k}\n"));
+    }
+    let ratio = if r.lower_bound_per_hour > 0.0 {
+        r.cost_per_hour / r.lower_bound_per_hour
+    } else {
+        0.0
+    };
+    s.push_str(&format!(
+        "\ncost: ${:.3}/h   lower bound ${:.3}/h   ratio {:.3}\n",
+        r.cost_per_hour, r.lower_bound_per_hour, ratio
+    ));
+    s.push_str(&format!(
+        "utilisation (requests / allocatable): cpu {:.1}%   memory {:.1}%\n",
+        r.cpu_utilization * 100.0,
+        r.memory_utilization * 100.0
+    ));
+    s.push_str(&format!(
+        "time to bound (simulated): p50 {:.0}s   p95 {:.0}s   max {:.0}s\n",
+        r.time_to_bound_seconds.p50, r.time_to_bound_seconds.p95, r.time_to_bound_seconds.max
+    ));
+    s.push_str(&format!(
+        "leaked instances: {}   pods bound to gated nodes: {}   pods bound off their reservation: {}\n",
+        r.leaked_instances, r.pods_bound_to_gated_nodes, r.pods_bound_off_reservation
+    ));
+    s
+}

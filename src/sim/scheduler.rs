@@ -1,0 +1,1022 @@
+//! The scheduler stand-in: kube-scheduler with a `gantry` profile, as far as the demo needs it.
+//!
+//! Each tick it takes the pending `gantry` pods (oldest first), runs its own in-tree style fit
+//! check over every node, and only then calls the real extender over HTTPS, exactly as
+//! kube-scheduler does: `filter` when at least one node is feasible, `prioritize` when at least
+//! two pass, then binds to the best node. A pod that no node takes is marked
+//! `PodScheduled=False/Unschedulable`, which is how the pod watch feeds the demand ledger.
+//!
+//! Failed pods are retried the way kube-scheduler's queue does: after a cluster change that
+//! could help them (a node added or changed, room freed, or, for pods with topology rules,
+//! another pod bound), and never before their exponential back-off (1 s doubling to 10 s) ends.
+//!
+//! # Guarantees
+//! Nothing here sleeps or reads the wall clock: virtual time comes only from `now`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use k8s_openapi::api::core::v1::Pod;
+use serde::Serialize;
+
+use super::cluster::SimCluster;
+use crate::extender::client::ExtenderClient;
+use crate::model::labels::{HOSTNAME, SCHEDULER_NAME, TAINT_INITIALIZING, TAINT_UNREGISTERED};
+use crate::model::pod::{HostPort, TopologyKey};
+use crate::model::requirements::{PodSelector, lookup};
+use crate::model::taints::first_untolerated;
+use crate::model::{PodDemand, Resources, Taint};
+use crate::state::ClusterSnapshot;
+
+/// The in-tree plugin set's best score per node (NodeResourcesFit MostAllocated).
+pub const MAX_NODE_SCORE: i64 = 100;
+
+/// How the stand-in behaves; defaults are kube-scheduler's and the README's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    /// The profile name pods opt into with `schedulerName`.
+    pub scheduler_name: String,
+    /// The extender's `weight` (README: "Choosing the extender weight").
+    pub extender_weight: i64,
+    /// Most scheduling attempts per tick, so one tick stays bounded.
+    pub max_attempts_per_tick: usize,
+    /// First retry delay after a failed attempt (kube-scheduler: 1 s).
+    pub initial_backoff: Duration,
+    /// Largest retry delay (kube-scheduler: 10 s).
+    pub max_backoff: Duration,
+    /// A failed pod is retried after this long even if nothing changed (kube-scheduler: 5 min).
+    pub flush_unschedulable_after: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            scheduler_name: SCHEDULER_NAME.to_string(),
+            extender_weight: 20,
+            max_attempts_per_tick: 2_000,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            flush_unschedulable_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One bind, with what the demo report needs to know about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    /// Pod UID.
+    pub uid: String,
+    /// `namespace/name`.
+    pub pod: String,
+    /// The node it bound to.
+    pub node: String,
+    /// Virtual time of the bind.
+    pub at: jiff::Timestamp,
+    /// The pod's creation time, for time-to-bound.
+    pub created: Option<jiff::Timestamp>,
+    /// The node still carried `gantry.dev/initializing` or `gantry.dev/unregistered` (a bug).
+    pub gated: bool,
+    /// Some NodeClaim reserved the pod.
+    pub reserved: bool,
+    /// The pod was reserved on another node (or on a claim with no node yet).
+    pub off_reservation: bool,
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepStats {
+    /// Pending `gantry` pods seen.
+    pub pending: usize,
+    /// Scheduling attempts made.
+    pub attempted: usize,
+    /// Pods bound, in order.
+    pub bound: Vec<Binding>,
+    /// Attempts that ended with the pod marked unschedulable.
+    pub unschedulable: usize,
+    /// `filter` calls made.
+    pub filter_calls: usize,
+    /// `prioritize` calls made.
+    pub prioritize_calls: usize,
+    /// Extender calls that failed or answered `Error` (ignored, as `ignorable: true` does).
+    pub extender_errors: usize,
+    /// Binds refused by the API (pod already bound or node gone).
+    pub bind_errors: usize,
+    /// Binds to a node still gated (must stay 0).
+    pub bound_to_gated: usize,
+    /// Binds away from the pod's reservation.
+    pub bound_off_reservation: usize,
+}
+
+/// A pod already on a node, as the fit check needs it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlacedPod {
+    /// Namespace.
+    pub namespace: String,
+    /// Labels, which selectors match.
+    pub labels: BTreeMap<String, String>,
+    /// Host ports it holds.
+    pub host_ports: Vec<HostPort>,
+    /// Its own required hostname anti-affinity, which incoming pods must respect too.
+    pub anti_affinity_hostname: Vec<PodSelector>,
+}
+
+impl PlacedPod {
+    /// The placement facts of a demand.
+    pub fn from_demand(d: &PodDemand) -> Self {
+        PlacedPod {
+            namespace: d.namespace.clone(),
+            labels: d.labels.clone(),
+            host_ports: d.host_ports.clone(),
+            anti_affinity_hostname: d.anti_affinity_hostname.clone(),
+        }
+    }
+}
+
+/// A node as the fit check sees it, including pods assumed onto it earlier in the tick.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeCandidate {
+    /// Node name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Taints.
+    pub taints: Vec<Taint>,
+    /// What pods may use.
+    pub allocatable: Resources,
+    /// Requests of the pods on it (bound or assumed).
+    pub requested: Resources,
+    /// Cordoned.
+    pub unschedulable: bool,
+    /// Has a deletion timestamp.
+    pub deleting: bool,
+    /// Pods on it.
+    pub pods: Vec<Arc<PlacedPod>>,
+}
+
+impl NodeCandidate {
+    /// The node's value for a topology key; hostname falls back to the node name.
+    pub fn domain(&self, key: TopologyKey) -> Option<&str> {
+        match key {
+            TopologyKey::Hostname => Some(
+                self.labels
+                    .get(HOSTNAME)
+                    .map_or(self.name.as_str(), String::as_str),
+            ),
+            TopologyKey::Zone => lookup(&self.labels, crate::model::labels::ZONE),
+        }
+    }
+}
+
+/// Matching-pod counts per domain for one hard topology spread constraint of the pod.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpreadCounts {
+    /// Zone or hostname.
+    pub key: Option<TopologyKey>,
+    /// Largest allowed skew.
+    pub max_skew: u32,
+    /// The pod matches its own selector (it counts once placed).
+    pub self_match: bool,
+    /// Matching pods per eligible domain (domains with none are present with 0).
+    pub counts: HashMap<String, u32>,
+    /// The smallest count over eligible domains.
+    pub min: u32,
+}
+
+/// Fit failure reasons, worded as kube-scheduler words them so messages read familiarly.
+pub mod reasons {
+    /// Cordoned.
+    pub const UNSCHEDULABLE: &str = "node(s) were unschedulable";
+    /// Deletion timestamp set.
+    pub const DELETING: &str = "node(s) were being deleted";
+    /// A NoSchedule/NoExecute taint the pod does not tolerate.
+    pub const TAINT: &str = "node(s) had untolerated taint";
+    /// nodeSelector or required node affinity.
+    pub const AFFINITY: &str = "node(s) didn't match Pod's node affinity/selector";
+    /// CPU.
+    pub const CPU: &str = "Insufficient cpu";
+    /// Memory.
+    pub const MEMORY: &str = "Insufficient memory";
+    /// Ephemeral storage.
+    pub const EPHEMERAL: &str = "Insufficient ephemeral-storage";
+    /// Pod slots.
+    pub const PODS: &str = "Too many pods";
+    /// GPUs or another extended resource.
+    pub const EXTENDED: &str = "Insufficient extended resources";
+    /// Host ports taken.
+    pub const PORTS: &str = "node(s) didn't have free ports for the requested pod ports";
+    /// The pod's own anti-affinity.
+    pub const ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rules";
+    /// Another pod's anti-affinity.
+    pub const EXISTING_ANTI_AFFINITY: &str =
+        "node(s) didn't satisfy existing pods anti-affinity rules";
+    /// Topology spread skew.
+    pub const SPREAD: &str = "node(s) didn't match pod topology spread constraints";
+    /// The node lacks the topology label.
+    pub const SPREAD_LABEL: &str =
+        "node(s) didn't match pod topology spread constraints (missing required label)";
+    /// The extender rejected the node.
+    pub const EXTENDER: &str = "node(s) rejected by the gantry extender";
+}
+
+/// The in-tree filters over one node: `Ok` if the pod may land there.
+///
+/// `spread` holds one entry per hard topology spread constraint of the pod, from
+/// [`spread_counts`] over the same nodes.
+///
+/// # Errors
+/// The first failing filter's reason, from [`reasons`].
+pub fn fits(
+    pod: &PodDemand,
+    node: &NodeCandidate,
+    spread: &[SpreadCounts],
+) -> Result<(), &'static str> {
+    if node.unschedulable {
+        return Err(reasons::UNSCHEDULABLE);
+    }
+    if node.deleting {
+        return Err(reasons::DELETING);
+    }
+    if first_untolerated(&pod.tolerations, &node.taints).is_some() {
+        return Err(reasons::TAINT);
+    }
+    if !pod.node_terms().matches_map(&node.labels) {
+        return Err(reasons::AFFINITY);
+    }
+    let free = node.allocatable.minus(&node.requested);
+    let r = &pod.requests;
+    if r.cpu > free.cpu {
+        return Err(reasons::CPU);
+    }
+    if r.memory > free.memory {
+        return Err(reasons::MEMORY);
+    }
+    if r.ephemeral > free.ephemeral {
+        return Err(reasons::EPHEMERAL);
+    }
+    if r.pods > free.pods {
+        return Err(reasons::PODS);
+    }
+    if !r.fits_in(&free) {
+        return Err(reasons::EXTENDED);
+    }
+    if pod.host_ports.iter().any(|hp| {
+        node.pods
+            .iter()
+            .any(|p| p.host_ports.iter().any(|o| hp.conflicts(o)))
+    }) {
+        return Err(reasons::PORTS);
+    }
+    for sel in &pod.anti_affinity_hostname {
+        if node
+            .pods
+            .iter()
+            .any(|p| sel.selects(&pod.namespace, &p.namespace, &p.labels))
+        {
+            return Err(reasons::ANTI_AFFINITY);
+        }
+    }
+    if node.pods.iter().any(|p| {
+        p.anti_affinity_hostname
+            .iter()
+            .any(|sel| sel.selects(&p.namespace, &pod.namespace, &pod.labels))
+    }) {
+        return Err(reasons::EXISTING_ANTI_AFFINITY);
+    }
+    for c in spread {
+        let Some(key) = c.key else { continue };
+        let Some(domain) = node.domain(key) else {
+            return Err(reasons::SPREAD_LABEL);
+        };
+        let here = c.counts.get(domain).copied().unwrap_or(0);
+        let skew = i64::from(here) + i64::from(c.self_match) - i64::from(c.min);
+        if skew > i64::from(c.max_skew) {
+            return Err(reasons::SPREAD);
+        }
+    }
+    Ok(())
+}
+
+/// Counts, for each hard topology spread constraint of the pod, its matching pods per domain.
+///
+/// Eligible domains are those of nodes that match the pod's node selector and affinity and have
+/// the topology label; taints are ignored, as `nodeTaintsPolicy: Ignore` (the default) says.
+pub fn spread_counts(pod: &PodDemand, nodes: &[NodeCandidate]) -> Vec<SpreadCounts> {
+    let hard: Vec<_> = pod.topology_spread.iter().filter(|c| c.hard).collect();
+    if hard.is_empty() {
+        return Vec::new();
+    }
+    let terms = pod.node_terms();
+    let eligible: Vec<&NodeCandidate> = nodes
+        .iter()
+        .filter(|n| terms.matches_map(&n.labels))
+        .collect();
+    hard.iter()
+        .map(|c| {
+            let mut counts: HashMap<String, u32> = HashMap::new();
+            for n in &eligible {
+                let Some(domain) = n.domain(c.key) else {
+                    continue;
+                };
+                let matching = n
+                    .pods
+                    .iter()
+                    .filter(|p| c.selector.selects(&pod.namespace, &p.namespace, &p.labels))
+                    .count();
+                *counts.entry(domain.to_string()).or_default() +=
+                    u32::try_from(matching).unwrap_or(u32::MAX);
+            }
+            let min = counts.values().copied().min().unwrap_or(0);
+            SpreadCounts {
+                key: Some(c.key),
+                max_skew: c.max_skew,
+                self_match: c
+                    .selector
+                    .selects(&pod.namespace, &pod.namespace, &pod.labels),
+                counts,
+                min,
+            }
+        })
+        .collect()
+}
+
+/// NodeResourcesFit's MostAllocated score (0–100): CPU and memory use after placing the pod.
+pub fn most_allocated(pod: &Resources, node: &NodeCandidate) -> i64 {
+    let after = node.requested.plus(pod);
+    let part = |used: i64, cap: i64| {
+        if cap <= 0 {
+            0
+        } else {
+            (used.clamp(0, cap) as i128 * i128::from(MAX_NODE_SCORE) / cap as i128) as i64
+        }
+    };
+    (part(after.cpu, node.allocatable.cpu) + part(after.memory, node.allocatable.memory)) / 2
+}
+
+/// kube-scheduler's "0/N nodes are available: …" text, reasons counted and sorted.
+pub fn unschedulable_message(total: usize, failures: &BTreeMap<&'static str, usize>) -> String {
+    let parts: Vec<String> = failures.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    if parts.is_empty() {
+        format!("0/{total} nodes are available.")
+    } else {
+        format!("0/{total} nodes are available: {}.", parts.join(", "))
+    }
+}
+
+/// The scheduling-queue state of a pod that failed at least once.
+#[derive(Debug, Clone)]
+struct Queued {
+    attempts: u32,
+    last_attempt: jiff::Timestamp,
+    cluster_gen: u64,
+    pod_gen: u64,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct ArgsOut<'a> {
+    #[serde(rename = "Pod")]
+    pod: &'a Pod,
+    #[serde(rename = "Nodes")]
+    nodes: Option<()>,
+    #[serde(rename = "NodeNames")]
+    node_names: &'a [String],
+}
+
+/// The stand-in for kube-scheduler; one per simulation.
+#[derive(Debug)]
+pub struct SchedulerStandIn {
+    config: SchedulerConfig,
+    queue: HashMap<String, Queued>,
+    placed: HashMap<String, Arc<PlacedPod>>,
+    /// Bumped on a node change or freed room: failed pods may now fit.
+    cluster_gen: u64,
+    /// Bumped when pods bound: pods with topology rules may now fit.
+    pod_gen: u64,
+    node_fingerprint: u64,
+    last_room: HashMap<String, (Resources, Resources)>,
+}
+
+impl Default for SchedulerStandIn {
+    fn default() -> Self {
+        Self::new(SchedulerConfig::default())
+    }
+}
+
+impl SchedulerStandIn {
+    /// A stand-in with an empty queue.
+    pub fn new(config: SchedulerConfig) -> Self {
+        SchedulerStandIn {
+            config,
+            queue: HashMap::new(),
+            placed: HashMap::new(),
+            cluster_gen: 0,
+            pod_gen: 0,
+            node_fingerprint: 0,
+            last_room: HashMap::new(),
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// One scheduling cycle over the pending `gantry` pods at virtual time `now`.
+    pub async fn step(
+        &mut self,
+        now: jiff::Timestamp,
+        cluster: &SimCluster,
+        client: &mut ExtenderClient,
+    ) -> StepStats {
+        let snap = cluster.shared().load();
+        let mut stats = StepStats::default();
+        self.observe_cluster(&snap);
+        let mut nodes = self.candidates(&snap);
+        let index: HashMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        let reservations = reservations(&snap);
+
+        let mut pending: Vec<&Arc<Pod>> = snap
+            .pending
+            .values()
+            .filter(|p| {
+                p.spec.as_ref().and_then(|s| s.scheduler_name.as_deref())
+                    == Some(self.config.scheduler_name.as_str())
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .collect();
+        stats.pending = pending.len();
+        let live: HashSet<&str> = pending
+            .iter()
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        self.queue.retain(|uid, _| live.contains(uid.as_str()));
+        pending.sort_by(|a, b| queue_order(a).cmp(&queue_order(b)));
+
+        let mut bound_any = false;
+        for pod in pending {
+            if stats.attempted >= self.config.max_attempts_per_tick {
+                break;
+            }
+            let Some(uid) = pod.metadata.uid.clone() else {
+                continue;
+            };
+            let demand = match PodDemand::from_pod(pod) {
+                Ok(d) => d,
+                Err(e) => {
+                    if self.due(&uid, false, now) {
+                        stats.attempted += 1;
+                        stats.unschedulable += 1;
+                        self.fail(cluster, &uid, now, &format!("invalid pod: {e}"));
+                    }
+                    continue;
+                }
+            };
+            if !self.due(&uid, demand.has_topology(), now) {
+                continue;
+            }
+            stats.attempted += 1;
+            match self
+                .schedule_one(pod, &demand, &nodes, client, &mut stats)
+                .await
+            {
+                Err(message) => {
+                    stats.unschedulable += 1;
+                    self.fail(cluster, &uid, now, &message);
+                }
+                Ok(node) => {
+                    // The node as the API server holds it at bind time, not as the tick began.
+                    let gated = cluster.shared().load().node(&node).is_some_and(|n| {
+                        n.has_taint(TAINT_INITIALIZING) || n.has_taint(TAINT_UNREGISTERED)
+                    });
+                    if cluster.bind(&uid, &node).is_err() {
+                        stats.bind_errors += 1;
+                        continue;
+                    }
+                    self.queue.remove(&uid);
+                    bound_any = true;
+                    let placed = Arc::new(PlacedPod::from_demand(&demand));
+                    self.placed.insert(uid.clone(), placed.clone());
+                    if let Some(n) = index.get(&node).and_then(|i| nodes.get_mut(*i)) {
+                        n.requested.add(&demand.requests);
+                        n.pods.push(placed);
+                    }
+                    let reserved_on = reservations.get(uid.as_str());
+                    let off = reserved_on.is_some_and(|r| r.as_deref() != Some(node.as_str()));
+                    stats.bound_to_gated += usize::from(gated);
+                    stats.bound_off_reservation += usize::from(off);
+                    stats.bound.push(Binding {
+                        pod: format!("{}/{}", demand.namespace, demand.name),
+                        uid,
+                        node,
+                        at: now,
+                        created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                        gated,
+                        reserved: reserved_on.is_some(),
+                        off_reservation: off,
+                    });
+                }
+            }
+        }
+        if bound_any {
+            self.pod_gen += 1;
+        }
+        stats
+    }
+
+    /// Runs the filters, the extender and the scoring for one pod; the chosen node or why none.
+    async fn schedule_one(
+        &self,
+        pod: &Pod,
+        demand: &PodDemand,
+        nodes: &[NodeCandidate],
+        client: &mut ExtenderClient,
+        stats: &mut StepStats,
+    ) -> Result<String, String> {
+        let spread = spread_counts(demand, nodes);
+        let mut failures: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut feasible: Vec<String> = Vec::new();
+        for n in nodes.iter() {
+            match fits(demand, n, &spread) {
+                Ok(()) => feasible.push(n.name.clone()),
+                Err(r) => *failures.entry(r).or_default() += 1,
+            }
+        }
+        if feasible.is_empty() {
+            return Err(unschedulable_message(nodes.len(), &failures));
+        }
+
+        stats.filter_calls += 1;
+        let passing = match client.filter(args_body(pod, &feasible)).await {
+            Ok(reply) if reply.error.is_empty() => {
+                let allowed: HashSet<String> =
+                    reply.node_names.unwrap_or_default().into_iter().collect();
+                let rejected = feasible.iter().filter(|n| !allowed.contains(*n)).count();
+                if rejected > 0 {
+                    *failures.entry(reasons::EXTENDER).or_default() += rejected;
+                }
+                feasible
+                    .into_iter()
+                    .filter(|n| allowed.contains(n))
+                    .collect()
+            }
+            // `ignorable: true`: an extender failure leaves the in-tree result standing.
+            Ok(_) | Err(_) => {
+                stats.extender_errors += 1;
+                feasible
+            }
+        };
+        if passing.is_empty() {
+            return Err(unschedulable_message(nodes.len(), &failures));
+        }
+        if passing.len() == 1 {
+            return passing.into_iter().next().ok_or_else(String::new);
+        }
+
+        stats.prioritize_calls += 1;
+        let ext: HashMap<String, i64> = match client.prioritize(args_body(pod, &passing)).await {
+            Ok(list) => list.into_iter().map(|h| (h.host, h.score)).collect(),
+            Err(_) => {
+                stats.extender_errors += 1;
+                HashMap::new()
+            }
+        };
+        let by_name: HashMap<&str, &NodeCandidate> =
+            nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let mut best: Option<(i64, &String)> = None;
+        for name in &passing {
+            let in_tree = by_name
+                .get(name.as_str())
+                .map_or(0, |n| most_allocated(&demand.requests, n));
+            let extender = ext.get(name).copied().unwrap_or(0).clamp(0, 10)
+                * self.config.extender_weight
+                * (MAX_NODE_SCORE / 10);
+            let total = in_tree + extender;
+            // Highest total wins; ties go to the smallest name, so runs are reproducible.
+            if best.is_none_or(|(b, bn)| total > b || (total == b && name < bn)) {
+                best = Some((total, name));
+            }
+        }
+        best.map(|(_, n)| n.clone()).ok_or_else(String::new)
+    }
+
+    /// Whether a pod should be attempted now, by the queue's rules.
+    fn due(&self, uid: &str, topology: bool, now: jiff::Timestamp) -> bool {
+        let Some(q) = self.queue.get(uid) else {
+            return true;
+        };
+        let since = duration_between(q.last_attempt, now);
+        if since < self.backoff(q.attempts) {
+            return false;
+        }
+        q.cluster_gen != self.cluster_gen
+            || (topology && q.pod_gen != self.pod_gen)
+            || since >= self.config.flush_unschedulable_after
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let shift = attempts.saturating_sub(1).min(16);
+        self.config
+            .initial_backoff
+            .saturating_mul(1u32 << shift)
+            .min(self.config.max_backoff)
+    }
+
+    /// Records a failed attempt and reports it on the pod, as kube-scheduler does.
+    fn fail(&mut self, cluster: &SimCluster, uid: &str, now: jiff::Timestamp, message: &str) {
+        let q = self.queue.entry(uid.to_string()).or_insert_with(|| Queued {
+            attempts: 0,
+            last_attempt: now,
+            cluster_gen: 0,
+            pod_gen: 0,
+            message: String::new(),
+        });
+        q.attempts += 1;
+        q.last_attempt = now;
+        q.cluster_gen = self.cluster_gen;
+        q.pod_gen = self.pod_gen;
+        // Only a changed condition is written back, as the scheduler's status update does.
+        if q.message != message {
+            q.message = message.to_string();
+            cluster.mark_unschedulable(uid, message);
+        }
+    }
+
+    /// Bumps the cluster generation when nodes changed or room was freed since the last tick.
+    fn observe_cluster(&mut self, snap: &ClusterSnapshot) {
+        let mut names: Vec<&String> = snap.nodes.keys().collect();
+        names.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut freed = false;
+        let mut room = HashMap::with_capacity(names.len());
+        for name in names {
+            let Some(n) = snap.nodes.get(name) else {
+                continue;
+            };
+            name.hash(&mut h);
+            n.labels.hash(&mut h);
+            n.taints.hash(&mut h);
+            n.allocatable.hash(&mut h);
+            n.unschedulable.hash(&mut h);
+            n.deleting.hash(&mut h);
+            if let Some((req, res)) = self.last_room.get(name.as_str())
+                && (!req.fits_in(&n.requested) || !res.fits_in(&n.reserved))
+            {
+                freed = true;
+            }
+            room.insert(name.clone(), (n.requested.clone(), n.reserved.clone()));
+        }
+        let fp = h.finish();
+        if fp != self.node_fingerprint || freed {
+            self.cluster_gen += 1;
+        }
+        self.node_fingerprint = fp;
+        self.last_room = room;
+    }
+
+    /// Builds the fit check's node list from a snapshot, sorted by name.
+    fn candidates(&mut self, snap: &ClusterSnapshot) -> Vec<NodeCandidate> {
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut out: Vec<NodeCandidate> = snap
+            .nodes
+            .values()
+            .map(|n| {
+                let pods = snap
+                    .pods_by_node
+                    .get(&n.name)
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|p| {
+                                let uid = p.metadata.uid.as_deref().unwrap_or_default();
+                                seen.insert(uid);
+                                self.placed
+                                    .entry(uid.to_string())
+                                    .or_insert_with(|| {
+                                        // A pod whose spec does not parse still holds its labels.
+                                        Arc::new(
+                                            PodDemand::from_pod(p).map_or_else(
+                                                |_| PlacedPod {
+                                                    namespace: p
+                                                        .metadata
+                                                        .namespace
+                                                        .clone()
+                                                        .unwrap_or_default(),
+                                                    labels: p
+                                                        .metadata
+                                                        .labels
+                                                        .clone()
+                                                        .unwrap_or_default(),
+                                                    ..Default::default()
+                                                },
+                                                |d| PlacedPod::from_demand(&d),
+                                            ),
+                                        )
+                                    })
+                                    .clone()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                NodeCandidate {
+                    name: n.name.clone(),
+                    labels: n.labels.clone(),
+                    taints: n.taints.clone(),
+                    allocatable: n.allocatable.clone(),
+                    requested: n.requested.clone(),
+                    unschedulable: n.unschedulable,
+                    deleting: n.deleting,
+                    pods,
+                }
+            })
+            .collect();
+        self.placed.retain(|uid, _| seen.contains(uid.as_str()));
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// Pod UID → the node its NodeClaim registered as (`None` while the claim has no node).
+fn reservations(snap: &ClusterSnapshot) -> HashMap<&str, Option<String>> {
+    let mut out = HashMap::new();
+    for claim in snap.nodeclaims.values() {
+        let Some(status) = &claim.status else {
+            continue;
+        };
+        for p in &status.reserved_pods {
+            out.insert(p.uid.as_str(), status.node_name.clone());
+        }
+    }
+    out
+}
+
+/// kube-scheduler's default queue order: priority, then creation time (then UID, for ties).
+fn queue_order(p: &Pod) -> (i32, Option<jiff::Timestamp>, &str) {
+    (
+        -p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
+        p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        p.metadata.uid.as_deref().unwrap_or_default(),
+    )
+}
+
+fn duration_between(from: jiff::Timestamp, to: jiff::Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
+}
+
+/// The `ExtenderArgs` body kube-scheduler sends in cache mode.
+fn args_body(pod: &Pod, names: &[String]) -> Bytes {
+    let args = ArgsOut {
+        pod,
+        nodes: None,
+        node_names: names,
+    };
+    // Serializing a Pod and strings into a Vec cannot fail; an empty body would only make the
+    // extender answer with an error, which is treated as ignorable.
+    Bytes::from(serde_json::to_vec(&args).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+    use super::*;
+    use crate::model::Effect;
+
+    fn node(name: &str, cpu: i64) -> NodeCandidate {
+        let mut labels = BTreeMap::new();
+        labels.insert(HOSTNAME.to_string(), name.to_string());
+        labels.insert(
+            crate::model::labels::ZONE.to_string(),
+            "us-east-1a".to_string(),
+        );
+        NodeCandidate {
+            name: name.into(),
+            labels,
+            allocatable: Resources {
+                cpu,
+                memory: 8 << 30,
+                ephemeral: 10 << 30,
+                pods: 10,
+                extended: Vec::new(),
+            },
+            ..Default::default()
+        }
+    }
+
+    fn demand(yaml: &str) -> PodDemand {
+        let pod: Pod = serde_yaml::from_str(yaml).unwrap();
+        PodDemand::from_pod(&pod).unwrap()
+    }
+
+    const PLAIN: &str = r#"
+metadata: {name: p, namespace: ns, labels: {app: web}}
+spec:
+  containers: [{name: c, resources: {requests: {cpu: 500m, memory: 1Gi}}}]
+"#;
+
+    fn placed(labels: &[(&str, &str)]) -> Arc<PlacedPod> {
+        Arc::new(PlacedPod {
+            namespace: "ns".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn fit_table() {
+        let plain = demand(PLAIN);
+        let mut cordoned = node("n", 4000);
+        cordoned.unschedulable = true;
+        let mut deleting = node("n", 4000);
+        deleting.deleting = true;
+        let tainted = |key: &str, effect: Effect| {
+            let mut n = node("n", 4000);
+            n.taints.push(Taint::new(key, "true", effect));
+            n
+        };
+        let mut full = node("n", 4000);
+        full.requested = Resources::cpu_mem(3600, 0);
+        let mut no_mem = node("n", 4000);
+        no_mem.requested = Resources::cpu_mem(0, (15 << 30) / 2);
+        let mut no_slots = node("n", 4000);
+        no_slots.requested.pods = 10;
+        let cases: Vec<(&str, NodeCandidate, Result<(), &str>)> = vec![
+            ("empty node", node("n", 4000), Ok(())),
+            ("cordoned", cordoned, Err(reasons::UNSCHEDULABLE)),
+            ("deleting", deleting, Err(reasons::DELETING)),
+            (
+                "initializing",
+                tainted(TAINT_INITIALIZING, Effect::NoSchedule),
+                Err(reasons::TAINT),
+            ),
+            (
+                "unregistered",
+                tainted(TAINT_UNREGISTERED, Effect::NoExecute),
+                Err(reasons::TAINT),
+            ),
+            (
+                "prefer-no-schedule is soft",
+                tainted("x", Effect::PreferNoSchedule),
+                Ok(()),
+            ),
+            ("cpu", full, Err(reasons::CPU)),
+            ("memory", no_mem, Err(reasons::MEMORY)),
+            ("pod slots", no_slots, Err(reasons::PODS)),
+        ];
+        for (what, n, want) in cases {
+            assert_eq!(fits(&plain, &n, &[]), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn selectors_tolerations_gpus_and_ports() {
+        let gpu = demand(
+            r#"
+metadata: {name: g, namespace: ns}
+spec:
+  nodeSelector: {karpenter.sh/capacity-type: on-demand}
+  tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+  containers:
+  - name: c
+    resources: {limits: {nvidia.com/gpu: "1"}}
+    ports: [{containerPort: 80, hostPort: 9100}]
+"#,
+        );
+        let mut n = node("n", 4000);
+        assert_eq!(fits(&gpu, &n, &[]), Err(reasons::AFFINITY));
+        n.labels.insert(
+            crate::model::labels::CAPACITY_TYPE.into(),
+            "on-demand".into(),
+        );
+        assert_eq!(fits(&gpu, &n, &[]), Err(reasons::EXTENDED));
+        n.allocatable.set_extended("nvidia.com/gpu", 1);
+        n.taints
+            .push(Taint::new("nvidia.com/gpu", "true", Effect::NoSchedule));
+        assert_eq!(fits(&gpu, &n, &[]), Ok(()), "toleration covers the taint");
+        n.pods.push(Arc::new(PlacedPod {
+            namespace: "other".into(),
+            host_ports: vec![HostPort {
+                port: 9100,
+                protocol: "TCP".into(),
+                ip: String::new(),
+            }],
+            ..Default::default()
+        }));
+        assert_eq!(fits(&gpu, &n, &[]), Err(reasons::PORTS));
+        // The plain pod does not tolerate the GPU taint.
+        let mut plain_node = node("m", 4000);
+        plain_node
+            .taints
+            .push(Taint::new("nvidia.com/gpu", "true", Effect::NoSchedule));
+        assert_eq!(fits(&demand(PLAIN), &plain_node, &[]), Err(reasons::TAINT));
+    }
+
+    #[test]
+    fn anti_affinity_both_ways() {
+        let anti = demand(
+            r#"
+metadata: {name: a, namespace: ns, labels: {app: web}}
+spec:
+  affinity:
+    podAntiAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+      - {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: web}}}
+  containers: [{name: c}]
+"#,
+        );
+        let mut n = node("n", 4000);
+        n.pods.push(placed(&[("app", "db")]));
+        assert_eq!(fits(&anti, &n, &[]), Ok(()));
+        n.pods.push(placed(&[("app", "web")]));
+        assert_eq!(fits(&anti, &n, &[]), Err(reasons::ANTI_AFFINITY));
+        // An existing pod's anti-affinity keeps a selected newcomer away.
+        let mut m = node("m", 4000);
+        m.pods.push(Arc::new(PlacedPod::from_demand(&anti)));
+        assert_eq!(
+            fits(&demand(PLAIN), &m, &[]),
+            Err(reasons::EXISTING_ANTI_AFFINITY)
+        );
+    }
+
+    #[test]
+    fn topology_spread_on_zone_and_hostname() {
+        let zonal = demand(
+            r#"
+metadata: {name: z, namespace: ns, labels: {app: web}}
+spec:
+  topologySpreadConstraints:
+  - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+  containers: [{name: c}]
+"#,
+        );
+        let mut a = node("a", 4000);
+        a.pods.push(placed(&[("app", "web")]));
+        let mut b = node("b", 4000);
+        b.labels.insert(
+            crate::model::labels::ZONE.to_string(),
+            "us-east-1b".to_string(),
+        );
+        let nodes = vec![a, b];
+        let spread = spread_counts(&zonal, &nodes);
+        assert_eq!(spread.len(), 1);
+        assert_eq!(spread[0].min, 0);
+        assert!(spread[0].self_match);
+        assert_eq!(fits(&zonal, &nodes[0], &spread), Err(reasons::SPREAD));
+        assert_eq!(fits(&zonal, &nodes[1], &spread), Ok(()));
+        let mut unlabeled = node("c", 4000);
+        unlabeled.labels.remove(crate::model::labels::ZONE);
+        assert_eq!(
+            fits(&zonal, &unlabeled, &spread),
+            Err(reasons::SPREAD_LABEL)
+        );
+
+        let host = demand(
+            r#"
+metadata: {name: h, namespace: ns, labels: {app: web}}
+spec:
+  topologySpreadConstraints:
+  - {maxSkew: 2, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+  - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: web}}}
+  containers: [{name: c}]
+"#,
+        );
+        let spread = spread_counts(&host, &nodes);
+        assert_eq!(spread.len(), 1, "soft constraints are not filters");
+        assert_eq!(fits(&host, &nodes[0], &spread), Ok(()), "skew 1+1-0 = 2");
+    }
+
+    #[test]
+    fn most_allocated_prefers_fuller_nodes() {
+        let r = Resources::cpu_mem(1000, 1 << 30);
+        let idle = node("idle", 4000);
+        let mut busy = node("busy", 4000);
+        busy.requested = Resources::cpu_mem(2000, 4 << 30);
+        assert_eq!(most_allocated(&r, &idle), (25 + 12) / 2);
+        assert!(most_allocated(&r, &busy) > most_allocated(&r, &idle));
+        let mut failures = BTreeMap::new();
+        failures.insert(reasons::CPU, 2);
+        failures.insert(reasons::TAINT, 1);
+        assert_eq!(
+            unschedulable_message(3, &failures),
+            "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) had untolerated taint."
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let s = SchedulerStandIn::default();
+        assert_eq!(s.backoff(1), Duration::from_secs(1));
+        assert_eq!(s.backoff(2), Duration::from_secs(2));
+        assert_eq!(s.backoff(4), Duration::from_secs(8));
+        assert_eq!(s.backoff(5), Duration::from_secs(10));
+        assert_eq!(s.backoff(40), Duration::from_secs(10));
+    }
+}
