@@ -396,7 +396,7 @@ pub struct SchedulerStandIn {
     /// Bumped when pods bound: pods with topology rules may now fit.
     pod_gen: u64,
     node_fingerprint: u64,
-    last_room: HashMap<String, (Resources, Resources)>,
+    last_room: HashMap<String, Resources>,
 }
 
 impl Default for SchedulerStandIn {
@@ -665,12 +665,16 @@ impl SchedulerStandIn {
             n.allocatable.hash(&mut h);
             n.unschedulable.hash(&mut h);
             n.deleting.hash(&mut h);
-            if let Some((req, res)) = self.last_room.get(name.as_str())
-                && (!req.fits_in(&n.requested) || !res.fits_in(&n.reserved))
+            // Room held is requests plus reservations: a reserved pod binding frees nothing.
+            let held = n.requested.plus(&n.reserved);
+            if self
+                .last_room
+                .get(name.as_str())
+                .is_some_and(|before| !before.fits_in(&held))
             {
                 freed = true;
             }
-            room.insert(name.clone(), (n.requested.clone(), n.reserved.clone()));
+            room.insert(name.clone(), held);
         }
         let fp = h.finish();
         if fp != self.node_fingerprint || freed {
@@ -1018,5 +1022,294 @@ spec:
         assert_eq!(s.backoff(4), Duration::from_secs(8));
         assert_eq!(s.backoff(5), Duration::from_secs(10));
         assert_eq!(s.backoff(40), Duration::from_secs(10));
+    }
+
+    // ------------------------------------------------------------ against the real extender
+
+    mod live {
+        use super::*;
+        use crate::extender::client::{Alpn, tls_config};
+        use crate::extender::routes::RequestLimits;
+        use crate::kube::api::ClusterApi;
+        use crate::kube::crd::{NodeClaim, NodeClaimStatus, ReservedPod};
+        use crate::server::tls::{TlsFiles, TlsReloader};
+        use crate::server::{AppState, https_router};
+        use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Taint as K8sTaint};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        use tokio_util::sync::CancellationToken;
+
+        /// The real HTTPS extender in-process, serving the simulated cluster's snapshots.
+        pub(crate) struct Rig {
+            pub cluster: Arc<SimCluster>,
+            pub client: ExtenderClient,
+            pub app: AppState,
+            stop: CancellationToken,
+            _dir: tempfile::TempDir,
+        }
+
+        impl Drop for Rig {
+            fn drop(&mut self) {
+                self.stop.cancel();
+            }
+        }
+
+        pub(crate) async fn rig(now: jiff::Timestamp) -> Rig {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let app = AppState::new(Duration::from_secs(600));
+            let cluster = SimCluster::new(
+                now,
+                app.cluster.clone(),
+                app.ledger.clone(),
+                Duration::from_secs(120),
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let set =
+                crate::certs::generate(&["localhost".to_string()], &["127.0.0.1".parse().unwrap()])
+                    .unwrap();
+            crate::certs::write(&set, dir.path()).unwrap();
+            let files = TlsFiles {
+                cert: dir.path().join("server.crt"),
+                key: dir.path().join("server.key"),
+                client_ca: None,
+            };
+            let live = Arc::new(arc_swap::ArcSwapOption::empty());
+            let mut reloader = TlsReloader::new(files, live.clone(), app.metrics.clone());
+            reloader.poll_once();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stop = CancellationToken::new();
+            let limits = RequestLimits {
+                max_body_bytes: 64 << 20,
+                timeout: Duration::from_secs(5),
+            };
+            tokio::spawn(crate::server::https::serve_tls(
+                listener,
+                https_router(&app, limits, false, None),
+                live,
+                stop.clone(),
+                Duration::from_secs(1),
+            ));
+            let cfg = Arc::new(tls_config(set.ca_cert.as_bytes(), None, Alpn::H2).unwrap());
+            let client = ExtenderClient::connect(addr, "localhost", cfg, "/scheduler")
+                .await
+                .unwrap();
+            Rig {
+                cluster,
+                client,
+                app,
+                stop,
+                _dir: dir,
+            }
+        }
+
+        pub(crate) fn k8s_node(name: &str, cpu: &str, gated: bool) -> Node {
+            let mut labels = BTreeMap::new();
+            labels.insert(HOSTNAME.to_string(), name.to_string());
+            labels.insert(
+                crate::model::labels::ZONE.to_string(),
+                "us-east-1a".to_string(),
+            );
+            let alloc: BTreeMap<String, Quantity> = [
+                ("cpu", cpu),
+                ("memory", "8Gi"),
+                ("pods", "20"),
+                ("ephemeral-storage", "10Gi"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect();
+            Node {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+                spec: Some(NodeSpec {
+                    taints: gated.then(|| {
+                        vec![K8sTaint {
+                            key: TAINT_INITIALIZING.into(),
+                            value: Some("true".into()),
+                            effect: "NoSchedule".into(),
+                            time_added: None,
+                        }]
+                    }),
+                    ..Default::default()
+                }),
+                status: Some(NodeStatus {
+                    allocatable: Some(alloc.clone()),
+                    capacity: Some(alloc),
+                    ..Default::default()
+                }),
+            }
+        }
+
+        pub(crate) fn k8s_pod(name: &str, cpu: &str, scheduler: &str) -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+                "spec": {
+                    "schedulerName": scheduler,
+                    "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "256Mi"}}}]
+                }
+            }))
+            .unwrap()
+        }
+
+        fn node_of(cluster: &SimCluster, uid: &str) -> Option<String> {
+            cluster.read(|s| s.pods.get(uid)?.spec.as_ref()?.node_name.clone())
+        }
+
+        fn message_of(cluster: &SimCluster, uid: &str) -> Option<String> {
+            cluster.read(|s| {
+                s.pods
+                    .get(uid)?
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .as_ref()?
+                    .iter()
+                    .find(|c| c.type_ == "PodScheduled" && c.status == "False")?
+                    .message
+                    .clone()
+            })
+        }
+
+        #[tokio::test]
+        async fn reservations_win_packing_decides_the_rest_and_gates_hold() {
+            let t0: jiff::Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+            let mut rig = rig(t0).await;
+            let c = rig.cluster.clone();
+            c.put_node(k8s_node("a", "4", false));
+            c.put_node(k8s_node("b", "4", false));
+            c.put_node(k8s_node("gated", "128", true));
+            // b is busier, so packing alone prefers it.
+            let filler = c.add_pod(k8s_pod("filler", "2", "default-scheduler"));
+            c.bind(&filler, "b").unwrap();
+
+            let reserved = c.add_pod(k8s_pod("reserved", "500m", SCHEDULER_NAME));
+            let packed = c.add_pod(k8s_pod("packed", "500m", SCHEDULER_NAME));
+            let huge = c.add_pod(k8s_pod("huge", "100", SCHEDULER_NAME));
+            let other = c.add_pod(k8s_pod("other", "100m", "default-scheduler"));
+            let claim = c
+                .create_nodeclaim(&NodeClaim::new("pool-a", Default::default()))
+                .await
+                .unwrap();
+            c.update_nodeclaim_status(
+                claim.metadata.name.as_deref().unwrap(),
+                &NodeClaimStatus {
+                    node_name: Some("a".into()),
+                    reserved_pods: vec![ReservedPod {
+                        uid: reserved.clone(),
+                        namespace: "default".into(),
+                        name: "reserved".into(),
+                    }],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+
+            let mut sched = SchedulerStandIn::default();
+            let stats = sched.step(t0, &c, &mut rig.client).await;
+            assert_eq!(stats.pending, 3, "only gantry pods count");
+            assert_eq!(
+                node_of(&c, &reserved).as_deref(),
+                Some("a"),
+                "reservation wins"
+            );
+            assert_eq!(node_of(&c, &packed).as_deref(), Some("b"), "packing");
+            assert_eq!(node_of(&c, &huge), None);
+            assert_eq!(node_of(&c, &other), None, "not ours to schedule");
+            let msg = message_of(&c, &huge).unwrap();
+            assert!(msg.starts_with("0/3 nodes are available"), "{msg}");
+            assert!(msg.contains("Insufficient cpu"), "{msg}");
+            assert!(msg.contains("untolerated taint"), "{msg}");
+            assert!(
+                rig.app.ledger.contains(&huge),
+                "the pod watch path feeds demand"
+            );
+            assert_eq!(stats.bound.len(), 2);
+            assert_eq!(stats.bound_to_gated, 0);
+            assert_eq!(stats.bound_off_reservation, 0);
+            assert!(stats.bound.iter().any(|b| b.uid == reserved && b.reserved));
+            assert_eq!(stats.filter_calls, 2);
+            assert_eq!(stats.prioritize_calls, 2);
+            assert_eq!(stats.extender_errors, 0);
+            assert_eq!(stats.unschedulable, 1);
+
+            // Nothing changed: the failed pod waits in the queue instead of retrying.
+            let t1 = t0 + jiff::SignedDuration::from_secs(2);
+            let stats = sched.step(t1, &c, &mut rig.client).await;
+            assert_eq!(stats.attempted, 0);
+
+            // The gate lifts: the pod is retried at once (its back-off has passed) and binds.
+            c.patch_node(
+                "gated",
+                &crate::kube::api::NodePatch {
+                    remove_taints: vec![TAINT_INITIALIZING.into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            let t2 = t1 + jiff::SignedDuration::from_secs(1);
+            let stats = sched.step(t2, &c, &mut rig.client).await;
+            assert_eq!(stats.attempted, 1);
+            assert_eq!(node_of(&c, &huge).as_deref(), Some("gated"));
+            assert_eq!(stats.bound[0].at, t2);
+            assert_eq!(stats.bound_to_gated, 0);
+            assert!(!rig.app.ledger.contains(&huge));
+        }
+
+        #[tokio::test]
+        async fn one_tick_never_overfills_and_reserved_room_is_held() {
+            let t0: jiff::Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+            let mut rig = rig(t0).await;
+            let c = rig.cluster.clone();
+            c.put_node(k8s_node("only", "4", false));
+            // Older pods first: the two 2.5-CPU pods cannot share a 4-CPU node.
+            let first = c.add_pod(k8s_pod("first", "2500m", SCHEDULER_NAME));
+            c.set_now(t0 + jiff::SignedDuration::from_secs(1));
+            let second = c.add_pod(k8s_pod("second", "2500m", SCHEDULER_NAME));
+            let mut sched = SchedulerStandIn::default();
+            let stats = sched.step(t0, &c, &mut rig.client).await;
+            assert_eq!(node_of(&c, &first).as_deref(), Some("only"));
+            assert_eq!(node_of(&c, &second), None);
+            assert_eq!(stats.bound.len(), 1);
+            assert_eq!(
+                stats.prioritize_calls, 0,
+                "one feasible node: no prioritize"
+            );
+
+            // A fresh node whose room is reserved for a pending pod: the extender keeps others off.
+            c.put_node(k8s_node("fresh", "4", false));
+            let owner = c.add_pod(k8s_pod("owner", "3", SCHEDULER_NAME));
+            let claim = c
+                .create_nodeclaim(&NodeClaim::new("pool-b", Default::default()))
+                .await
+                .unwrap();
+            c.update_nodeclaim_status(
+                claim.metadata.name.as_deref().unwrap(),
+                &NodeClaimStatus {
+                    node_name: Some("fresh".into()),
+                    reserved_pods: vec![ReservedPod {
+                        uid: owner.clone(),
+                        namespace: "default".into(),
+                        name: "owner".into(),
+                    }],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            let t1 = t0 + jiff::SignedDuration::from_secs(5);
+            let stats = sched.step(t1, &c, &mut rig.client).await;
+            // `second` (older) fits "fresh" by resources, but the extender holds it for `owner`.
+            assert_eq!(node_of(&c, &second), None);
+            let msg = message_of(&c, &second).unwrap();
+            assert!(msg.contains("rejected by the gantry extender"), "{msg}");
+            assert_eq!(node_of(&c, &owner).as_deref(), Some("fresh"));
+            assert_eq!(stats.bound_off_reservation, 0);
+        }
     }
 }
