@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::Pod;
-use serde::Serialize;
 
 use super::cluster::SimCluster;
 use crate::extender::client::ExtenderClient;
@@ -375,16 +374,6 @@ struct Queued {
     message: String,
 }
 
-#[derive(Serialize)]
-struct ArgsOut<'a> {
-    #[serde(rename = "Pod")]
-    pod: &'a Pod,
-    #[serde(rename = "Nodes")]
-    nodes: Option<()>,
-    #[serde(rename = "NodeNames")]
-    node_names: &'a [String],
-}
-
 /// The stand-in for kube-scheduler; one per simulation.
 #[derive(Debug)]
 pub struct SchedulerStandIn {
@@ -552,8 +541,10 @@ impl SchedulerStandIn {
             return Err(unschedulable_message(nodes.len(), &failures));
         }
 
+        // Serialized once for both calls; kube-scheduler also sends the same Pod to each verb.
+        let pod_json = serde_json::to_vec(pod).unwrap_or_default();
         stats.filter_calls += 1;
-        let passing = match client.filter(args_body(pod, &feasible)).await {
+        let passing = match client.filter(args_body(&pod_json, &feasible)).await {
             Ok(reply) if reply.error.is_empty() => {
                 let allowed: HashSet<String> =
                     reply.node_names.unwrap_or_default().into_iter().collect();
@@ -580,13 +571,14 @@ impl SchedulerStandIn {
         }
 
         stats.prioritize_calls += 1;
-        let ext: HashMap<String, i64> = match client.prioritize(args_body(pod, &passing)).await {
-            Ok(list) => list.into_iter().map(|h| (h.host, h.score)).collect(),
-            Err(_) => {
-                stats.extender_errors += 1;
-                HashMap::new()
-            }
-        };
+        let ext: HashMap<String, i64> =
+            match client.prioritize(args_body(&pod_json, &passing)).await {
+                Ok(list) => list.into_iter().map(|h| (h.host, h.score)).collect(),
+                Err(_) => {
+                    stats.extender_errors += 1;
+                    HashMap::new()
+                }
+            };
         let by_name: HashMap<&str, &NodeCandidate> =
             nodes.iter().map(|n| (n.name.as_str(), n)).collect();
         let mut best: Option<(i64, &String)> = None;
@@ -772,16 +764,17 @@ fn duration_between(from: jiff::Timestamp, to: jiff::Timestamp) -> Duration {
     Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
 }
 
-/// The `ExtenderArgs` body kube-scheduler sends in cache mode.
-fn args_body(pod: &Pod, names: &[String]) -> Bytes {
-    let args = ArgsOut {
-        pod,
-        nodes: None,
-        node_names: names,
-    };
-    // Serializing a Pod and strings into a Vec cannot fail; an empty body would only make the
-    // extender answer with an error, which is treated as ignorable.
-    Bytes::from(serde_json::to_vec(&args).unwrap_or_default())
+/// The `ExtenderArgs` body kube-scheduler sends in cache mode, around an already serialized Pod.
+fn args_body(pod_json: &[u8], names: &[String]) -> Bytes {
+    // Serializing strings cannot fail; an empty list would only make the extender pass nothing.
+    let names = serde_json::to_vec(names).unwrap_or_else(|_| b"[]".to_vec());
+    let mut out = Vec::with_capacity(pod_json.len() + names.len() + 48);
+    out.extend_from_slice(b"{\"Pod\":");
+    out.extend_from_slice(if pod_json.is_empty() { b"{}" } else { pod_json });
+    out.extend_from_slice(b",\"Nodes\":null,\"NodeNames\":");
+    out.extend_from_slice(&names);
+    out.push(b'}');
+    Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -1015,6 +1008,21 @@ spec:
     }
 
     #[test]
+    fn args_body_is_what_kube_scheduler_sends() {
+        let pod: Pod = serde_yaml::from_str(PLAIN).unwrap();
+        let body = args_body(
+            &serde_json::to_vec(&pod).unwrap(),
+            &["a".into(), "b".into()],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["NodeNames"], serde_json::json!(["a", "b"]));
+        assert!(v["Nodes"].is_null());
+        assert_eq!(v["Pod"]["metadata"]["name"], "p");
+        let args = crate::extender::wire::parse_args(&body).unwrap();
+        assert_eq!(args.candidates.len(), 2);
+    }
+
+    #[test]
     fn backoff_doubles_to_the_cap() {
         let s = SchedulerStandIn::default();
         assert_eq!(s.backoff(1), Duration::from_secs(1));
@@ -1090,7 +1098,7 @@ spec:
                 stop.clone(),
                 Duration::from_secs(1),
             ));
-            let cfg = Arc::new(tls_config(set.ca_cert.as_bytes(), None, Alpn::H2).unwrap());
+            let cfg = Arc::new(tls_config(set.ca_cert.as_bytes(), None, Alpn::Http1).unwrap());
             let client = ExtenderClient::connect(addr, "localhost", cfg, "/scheduler")
                 .await
                 .unwrap();
@@ -1112,8 +1120,8 @@ spec:
             );
             let alloc: BTreeMap<String, Quantity> = [
                 ("cpu", cpu),
-                ("memory", "8Gi"),
-                ("pods", "20"),
+                ("memory", "64Gi"),
+                ("pods", "110"),
                 ("ephemeral-storage", "10Gi"),
             ]
             .into_iter()
@@ -1310,6 +1318,66 @@ spec:
             assert!(msg.contains("rejected by the gantry extender"), "{msg}");
             assert_eq!(node_of(&c, &owner).as_deref(), Some("fresh"));
             assert_eq!(stats.bound_off_reservation, 0);
+        }
+
+        #[tokio::test]
+        async fn six_hundred_pods_bind_in_one_tick() {
+            let t0: jiff::Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+            let mut rig = rig(t0).await;
+            let c = rig.cluster.clone();
+            let zones = ["us-east-1a", "us-east-1b", "us-east-1c"];
+            for i in 0..40 {
+                let mut n = k8s_node(&format!("n{i:03}"), "16", false);
+                n.metadata.labels.as_mut().unwrap().insert(
+                    crate::model::labels::ZONE.to_string(),
+                    zones[i % 3].to_string(),
+                );
+                c.put_node(n);
+            }
+            let mut spread: Pod = k8s_pod("spread", "100m", SCHEDULER_NAME);
+            spread.spec.as_mut().unwrap().topology_spread_constraints = Some(vec![
+                serde_json::from_value(serde_json::json!({
+                    "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": {"matchLabels": {"app": "spread"}}
+                }))
+                .unwrap(),
+            ]);
+            for i in 0..600 {
+                let mut p = if i % 4 == 0 {
+                    spread.clone()
+                } else {
+                    k8s_pod("web", "500m", SCHEDULER_NAME)
+                };
+                p.metadata.name = Some(format!("p{i:04}"));
+                c.add_pod(p);
+            }
+            let mut sched = SchedulerStandIn::default();
+            let stats = sched.step(t0, &c, &mut rig.client).await;
+            assert_eq!(stats.bound.len(), 600);
+            assert_eq!(stats.bound_to_gated, 0);
+            let snap = c.shared().load();
+            let mut per_zone: BTreeMap<String, usize> = BTreeMap::new();
+            let mut used = 0;
+            for n in snap.nodes.values() {
+                assert!(n.requested.fits_in(&n.allocatable), "{} overfilled", n.name);
+                used += usize::from(n.requested.pods > 0);
+                let here = snap.pods_by_node.get(&n.name).map_or(0, |ps| {
+                    ps.iter()
+                        .filter(|p| p.metadata.labels.as_ref().unwrap()["app"] == "spread")
+                        .count()
+                });
+                *per_zone
+                    .entry(n.labels[crate::model::labels::ZONE].clone())
+                    .or_default() += here;
+            }
+            let (lo, hi) = (
+                per_zone.values().min().unwrap(),
+                per_zone.values().max().unwrap(),
+            );
+            assert!(hi - lo <= 1, "{per_zone:?}");
+            // MostAllocated packs: 240 vCPU of requests need 15 of the 40 nodes, not all of them.
+            assert!(used < 25, "{used} nodes used");
         }
     }
 }
