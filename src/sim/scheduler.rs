@@ -211,6 +211,8 @@ pub mod reasons {
     /// Another pod's anti-affinity.
     pub const EXISTING_ANTI_AFFINITY: &str =
         "node(s) didn't satisfy existing pods anti-affinity rules";
+    /// Required zonal pod affinity: no selected pod in the node's zone.
+    pub const AFFINITY_ZONE: &str = "node(s) didn't match pod affinity rules";
     /// Topology spread skew.
     pub const SPREAD: &str = "node(s) didn't match pod topology spread constraints";
     /// The node lacks the topology label.
@@ -222,16 +224,12 @@ pub mod reasons {
 
 /// The in-tree filters over one node: `Ok` if the pod may land there.
 ///
-/// `spread` holds one entry per hard topology spread constraint of the pod, from
-/// [`spread_counts`] over the same nodes.
+/// `topo` holds what the pod's topology rules need to know about the other nodes, from
+/// [`topology`] over the same node list.
 ///
 /// # Errors
 /// The first failing filter's reason, from [`reasons`].
-pub fn fits(
-    pod: &PodDemand,
-    node: &NodeCandidate,
-    spread: &[SpreadCounts],
-) -> Result<(), &'static str> {
+pub fn fits(pod: &PodDemand, node: &NodeCandidate, topo: &Topology) -> Result<(), &'static str> {
     if node.unschedulable {
         return Err(reasons::UNSCHEDULABLE);
     }
@@ -284,7 +282,15 @@ pub fn fits(
     }) {
         return Err(reasons::EXISTING_ANTI_AFFINITY);
     }
-    for c in spread {
+    for zones in topo.zone_affinity.iter().flatten() {
+        let ok = node
+            .domain(TopologyKey::Zone)
+            .is_some_and(|z| zones.contains(z));
+        if !ok {
+            return Err(reasons::AFFINITY_ZONE);
+        }
+    }
+    for c in &topo.spread {
         let Some(key) = c.key else { continue };
         let Some(domain) = node.domain(key) else {
             return Err(reasons::SPREAD_LABEL);
@@ -296,6 +302,43 @@ pub fn fits(
         }
     }
     Ok(())
+}
+
+/// What a pod's topology rules need to know about all nodes, computed once per attempt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    /// One entry per hard topology spread constraint, from [`spread_counts`].
+    pub spread: Vec<SpreadCounts>,
+    /// One entry per required zonal pod-affinity term: the zones holding a selected pod, or
+    /// `None` when no pod matches anywhere and the pod matches its own term (the first of a
+    /// group may go anywhere, as kube-scheduler allows).
+    pub zone_affinity: Vec<Option<HashSet<String>>>,
+}
+
+/// Builds the [`Topology`] of a pod over the node list.
+pub fn topology(pod: &PodDemand, nodes: &[NodeCandidate]) -> Topology {
+    let zone_affinity = pod
+        .affinity_zone
+        .iter()
+        .map(|sel| {
+            let zones: HashSet<String> = nodes
+                .iter()
+                .filter(|n| {
+                    n.pods
+                        .iter()
+                        .any(|p| sel.selects(&pod.namespace, &p.namespace, &p.labels))
+                })
+                .filter_map(|n| n.domain(TopologyKey::Zone).map(str::to_string))
+                .collect();
+            let first_of_group =
+                zones.is_empty() && sel.selects(&pod.namespace, &pod.namespace, &pod.labels);
+            (!first_of_group).then_some(zones)
+        })
+        .collect();
+    Topology {
+        spread: spread_counts(pod, nodes),
+        zone_affinity,
+    }
 }
 
 /// Counts, for each hard topology spread constraint of the pod, its matching pods per domain.
@@ -382,9 +425,9 @@ pub struct SchedulerStandIn {
     placed: HashMap<String, Arc<PlacedPod>>,
     /// Bumped on a node change or freed room: failed pods may now fit.
     cluster_gen: u64,
-    /// Bumped when pods bound: pods with topology rules may now fit.
+    /// Bumped when pods bound or gated nodes came or went: pods with topology rules may now fit.
     pod_gen: u64,
-    node_fingerprint: u64,
+    node_fingerprint: (u64, u64),
     last_room: HashMap<String, Resources>,
 }
 
@@ -403,7 +446,7 @@ impl SchedulerStandIn {
             placed: HashMap::new(),
             cluster_gen: 0,
             pod_gen: 0,
-            node_fingerprint: 0,
+            node_fingerprint: (0, 0),
             last_room: HashMap::new(),
         }
     }
@@ -528,11 +571,11 @@ impl SchedulerStandIn {
         client: &mut ExtenderClient,
         stats: &mut StepStats,
     ) -> Result<String, String> {
-        let spread = spread_counts(demand, nodes);
+        let topo = topology(demand, nodes);
         let mut failures: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut feasible: Vec<String> = Vec::new();
         for n in nodes.iter() {
-            match fits(demand, n, &spread) {
+            match fits(demand, n, &topo) {
                 Ok(()) => feasible.push(n.name.clone()),
                 Err(r) => *failures.entry(r).or_default() += 1,
             }
@@ -640,23 +683,34 @@ impl SchedulerStandIn {
         }
     }
 
-    /// Bumps the cluster generation when nodes changed or room was freed since the last tick.
+    /// Bumps the generations when something changed since the last tick that could help a
+    /// failed pod, as kube-scheduler's queueing hints do.
+    ///
+    /// A change to an open node (added, relabelled, re-tainted, cordoned) or freed room helps
+    /// any pod. A node that still carries a gate helps nobody (no pod tolerates the gates), so
+    /// its arrival is no event; but gated nodes are topology domains, so their coming and going
+    /// is an event for pods with topology rules.
     fn observe_cluster(&mut self, snap: &ClusterSnapshot) {
         let mut names: Vec<&String> = snap.nodes.keys().collect();
         names.sort();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut open = std::collections::hash_map::DefaultHasher::new();
+        let mut gated = std::collections::hash_map::DefaultHasher::new();
         let mut freed = false;
         let mut room = HashMap::with_capacity(names.len());
         for name in names {
             let Some(n) = snap.nodes.get(name) else {
                 continue;
             };
-            name.hash(&mut h);
-            n.labels.hash(&mut h);
-            n.taints.hash(&mut h);
-            n.allocatable.hash(&mut h);
-            n.unschedulable.hash(&mut h);
-            n.deleting.hash(&mut h);
+            if n.has_taint(TAINT_INITIALIZING) || n.has_taint(TAINT_UNREGISTERED) {
+                name.hash(&mut gated);
+                continue;
+            }
+            name.hash(&mut open);
+            n.labels.hash(&mut open);
+            n.taints.hash(&mut open);
+            n.allocatable.hash(&mut open);
+            n.unschedulable.hash(&mut open);
+            n.deleting.hash(&mut open);
             // Room held is requests plus reservations: a reserved pod binding frees nothing.
             let held = n.requested.plus(&n.reserved);
             if self
@@ -668,9 +722,12 @@ impl SchedulerStandIn {
             }
             room.insert(name.clone(), held);
         }
-        let fp = h.finish();
-        if fp != self.node_fingerprint || freed {
+        let fp = (open.finish(), gated.finish());
+        if fp.0 != self.node_fingerprint.0 || freed {
             self.cluster_gen += 1;
+        }
+        if fp.1 != self.node_fingerprint.1 {
+            self.pod_gen += 1;
         }
         self.node_fingerprint = fp;
         self.last_room = room;
@@ -869,7 +926,7 @@ spec:
             ("pod slots", no_slots, Err(reasons::PODS)),
         ];
         for (what, n, want) in cases {
-            assert_eq!(fits(&plain, &n, &[]), want, "{what}");
+            assert_eq!(fits(&plain, &n, &Topology::default()), want, "{what}");
         }
     }
 
@@ -888,16 +945,20 @@ spec:
 "#,
         );
         let mut n = node("n", 4000);
-        assert_eq!(fits(&gpu, &n, &[]), Err(reasons::AFFINITY));
+        assert_eq!(fits(&gpu, &n, &Topology::default()), Err(reasons::AFFINITY));
         n.labels.insert(
             crate::model::labels::CAPACITY_TYPE.into(),
             "on-demand".into(),
         );
-        assert_eq!(fits(&gpu, &n, &[]), Err(reasons::EXTENDED));
+        assert_eq!(fits(&gpu, &n, &Topology::default()), Err(reasons::EXTENDED));
         n.allocatable.set_extended("nvidia.com/gpu", 1);
         n.taints
             .push(Taint::new("nvidia.com/gpu", "true", Effect::NoSchedule));
-        assert_eq!(fits(&gpu, &n, &[]), Ok(()), "toleration covers the taint");
+        assert_eq!(
+            fits(&gpu, &n, &Topology::default()),
+            Ok(()),
+            "toleration covers the taint"
+        );
         n.pods.push(Arc::new(PlacedPod {
             namespace: "other".into(),
             host_ports: vec![HostPort {
@@ -907,13 +968,16 @@ spec:
             }],
             ..Default::default()
         }));
-        assert_eq!(fits(&gpu, &n, &[]), Err(reasons::PORTS));
+        assert_eq!(fits(&gpu, &n, &Topology::default()), Err(reasons::PORTS));
         // The plain pod does not tolerate the GPU taint.
         let mut plain_node = node("m", 4000);
         plain_node
             .taints
             .push(Taint::new("nvidia.com/gpu", "true", Effect::NoSchedule));
-        assert_eq!(fits(&demand(PLAIN), &plain_node, &[]), Err(reasons::TAINT));
+        assert_eq!(
+            fits(&demand(PLAIN), &plain_node, &Topology::default()),
+            Err(reasons::TAINT)
+        );
     }
 
     #[test]
@@ -931,14 +995,17 @@ spec:
         );
         let mut n = node("n", 4000);
         n.pods.push(placed(&[("app", "db")]));
-        assert_eq!(fits(&anti, &n, &[]), Ok(()));
+        assert_eq!(fits(&anti, &n, &Topology::default()), Ok(()));
         n.pods.push(placed(&[("app", "web")]));
-        assert_eq!(fits(&anti, &n, &[]), Err(reasons::ANTI_AFFINITY));
+        assert_eq!(
+            fits(&anti, &n, &Topology::default()),
+            Err(reasons::ANTI_AFFINITY)
+        );
         // An existing pod's anti-affinity keeps a selected newcomer away.
         let mut m = node("m", 4000);
         m.pods.push(Arc::new(PlacedPod::from_demand(&anti)));
         assert_eq!(
-            fits(&demand(PLAIN), &m, &[]),
+            fits(&demand(PLAIN), &m, &Topology::default()),
             Err(reasons::EXISTING_ANTI_AFFINITY)
         );
     }
@@ -962,10 +1029,10 @@ spec:
             "us-east-1b".to_string(),
         );
         let nodes = vec![a, b];
-        let spread = spread_counts(&zonal, &nodes);
-        assert_eq!(spread.len(), 1);
-        assert_eq!(spread[0].min, 0);
-        assert!(spread[0].self_match);
+        let spread = topology(&zonal, &nodes);
+        assert_eq!(spread.spread.len(), 1);
+        assert_eq!(spread.spread[0].min, 0);
+        assert!(spread.spread[0].self_match);
         assert_eq!(fits(&zonal, &nodes[0], &spread), Err(reasons::SPREAD));
         assert_eq!(fits(&zonal, &nodes[1], &spread), Ok(()));
         let mut unlabeled = node("c", 4000);
@@ -985,9 +1052,42 @@ spec:
   containers: [{name: c}]
 "#,
         );
-        let spread = spread_counts(&host, &nodes);
-        assert_eq!(spread.len(), 1, "soft constraints are not filters");
+        let spread = topology(&host, &nodes);
+        assert_eq!(spread.spread.len(), 1, "soft constraints are not filters");
         assert_eq!(fits(&host, &nodes[0], &spread), Ok(()), "skew 1+1-0 = 2");
+    }
+
+    #[test]
+    fn zonal_pod_affinity_follows_its_group() {
+        let follower = demand(
+            r#"
+metadata: {name: f, namespace: ns, labels: {app: cache}}
+spec:
+  affinity:
+    podAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+      - {topologyKey: topology.kubernetes.io/zone, labelSelector: {matchLabels: {app: cache}}}
+  containers: [{name: c}]
+"#,
+        );
+        let a = node("a", 4000);
+        let mut b = node("b", 4000);
+        b.labels.insert(
+            crate::model::labels::ZONE.to_string(),
+            "us-east-1b".to_string(),
+        );
+        // The first pod of the group may go anywhere.
+        let nodes = vec![a.clone(), b.clone()];
+        let topo = topology(&follower, &nodes);
+        assert_eq!(topo.zone_affinity, vec![None]);
+        assert_eq!(fits(&follower, &b, &topo), Ok(()));
+        // Once one runs in us-east-1a, the rest follow it there.
+        let mut a2 = a;
+        a2.pods.push(placed(&[("app", "cache")]));
+        let nodes = vec![a2.clone(), b.clone()];
+        let topo = topology(&follower, &nodes);
+        assert_eq!(fits(&follower, &a2, &topo), Ok(()));
+        assert_eq!(fits(&follower, &b, &topo), Err(reasons::AFFINITY_ZONE));
     }
 
     #[test]
@@ -1248,6 +1348,16 @@ spec:
             // Nothing changed: the failed pod waits in the queue instead of retrying.
             let t1 = t0 + jiff::SignedDuration::from_secs(2);
             let stats = sched.step(t1, &c, &mut rig.client).await;
+            assert_eq!(stats.attempted, 0);
+            // Nor does a node arriving still gated (no pod tolerates the gates).
+            c.put_node(k8s_node("late", "128", true));
+            let stats = sched
+                .step(
+                    t1 + jiff::SignedDuration::from_millis(500),
+                    &c,
+                    &mut rig.client,
+                )
+                .await;
             assert_eq!(stats.attempted, 0);
 
             // The gate lifts: the pod is retried at once (its back-off has passed) and binds.
