@@ -456,6 +456,11 @@ impl SchedulerStandIn {
         &self.config
     }
 
+    /// Pods that failed at least once and wait in the queue, for progress output.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
     /// One scheduling cycle over the pending `gantry` pods at virtual time `now`.
     pub async fn step(
         &mut self,
@@ -748,6 +753,9 @@ impl SchedulerStandIn {
                             .map(|p| {
                                 let uid = p.metadata.uid.as_deref().unwrap_or_default();
                                 seen.insert(uid);
+                                if let Some(known) = self.placed.get(uid) {
+                                    return known.clone();
+                                }
                                 self.placed
                                     .entry(uid.to_string())
                                     .or_insert_with(|| {
@@ -1344,6 +1352,7 @@ spec:
             assert_eq!(stats.prioritize_calls, 2);
             assert_eq!(stats.extender_errors, 0);
             assert_eq!(stats.unschedulable, 1);
+            assert_eq!(sched.waiting(), 1);
 
             // Nothing changed: the failed pod waits in the queue instead of retrying.
             let t1 = t0 + jiff::SignedDuration::from_secs(2);
