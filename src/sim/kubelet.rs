@@ -631,7 +631,7 @@ fn daemon_pod(ds: &DaemonSet, owner_uid: &str, node: &str) -> Pod {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
     use super::*;
@@ -713,9 +713,9 @@ spec:
 
     /// The smallest cloud the kubelet needs: a list a test edits.
     #[derive(Default)]
-    struct StubCloud {
-        instances: Mutex<Vec<Instance>>,
-        fail_list: Mutex<bool>,
+    pub(crate) struct StubCloud {
+        pub instances: Mutex<Vec<Instance>>,
+        pub fail_list: Mutex<bool>,
     }
 
     #[async_trait::async_trait]
@@ -748,7 +748,7 @@ spec:
         }
     }
 
-    fn instance(id: &str, claim: &str) -> Instance {
+    pub(crate) fn instance(id: &str, claim: &str) -> Instance {
         Instance {
             provider_id: crate::cloud::provider_id("us-east-1b", id),
             instance_id: id.into(),

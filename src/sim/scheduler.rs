@@ -1498,5 +1498,106 @@ spec:
             // MostAllocated packs: 240 vCPU of requests need 15 of the 40 nodes, not all of them.
             assert!(used <= 20, "{used} nodes used");
         }
+
+        /// Kubelet, scheduler and real extender together, with the test playing the lifecycle
+        /// controller: the pod waits through registration and the startup gate, then binds to
+        /// the node launched for it.
+        #[tokio::test]
+        async fn a_reserved_pod_waits_for_the_gate_then_lands_on_its_node() {
+            use crate::sim::kubelet::tests::{StubCloud, instance};
+            use crate::sim::kubelet::{KubeletConfig, SimKubelet};
+
+            let t0: jiff::Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+            let mut rig = rig(t0).await;
+            let c = rig.cluster.clone();
+            let catalog = Arc::new(crate::model::Catalog::embedded().unwrap());
+            c.put_daemonset(
+                serde_yaml::from_str(
+                    r#"
+metadata: {name: kube-proxy, namespace: kube-system, uid: ds-kp}
+spec:
+  selector: {matchLabels: {app: kp}}
+  template:
+    metadata: {labels: {app: kp}}
+    spec: {containers: [{name: c, resources: {requests: {cpu: 100m}}}]}
+"#,
+                )
+                .unwrap(),
+            );
+            let uid = c.add_pod(k8s_pod("app", "1", SCHEDULER_NAME));
+            let mut claim = NodeClaim::new("general-x", Default::default());
+            claim.spec.startup_taints = vec![crate::kube::crd::TaintSpec {
+                key: "agent-not-ready".into(),
+                value: Some("true".into()),
+                effect: "NoSchedule".into(),
+            }];
+            c.create_nodeclaim(&claim).await.unwrap();
+            let mut status = NodeClaimStatus {
+                reserved_pods: vec![ReservedPod {
+                    uid: uid.clone(),
+                    namespace: "default".into(),
+                    name: "app".into(),
+                }],
+                ..Default::default()
+            };
+            c.update_nodeclaim_status("general-x", &status)
+                .await
+                .unwrap();
+            let cloud = StubCloud::default();
+            cloud
+                .instances
+                .lock()
+                .unwrap()
+                .push(instance("i-0abc", "general-x"));
+
+            let mut kubelet = SimKubelet::new(KubeletConfig::typical(catalog));
+            let mut sched = SchedulerStandIn::default();
+            let mut bound_at = None;
+            for tick in 0..90 {
+                let now = t0 + jiff::SignedDuration::from_secs(tick);
+                c.set_now(now);
+                kubelet.step(now, &cloud, &c).await;
+                // The lifecycle controller's part, reduced to its rules.
+                let pid = crate::cloud::provider_id("us-east-1b", "i-0abc");
+                if let Some(node) = kubelet.node_for(&pid).map(str::to_string) {
+                    let view = c.shared().load().node(&node).cloned().unwrap();
+                    if view.has_taint(TAINT_UNREGISTERED) {
+                        status.node_name = Some(node.clone());
+                        c.update_nodeclaim_status("general-x", &status)
+                            .await
+                            .unwrap();
+                        let patch = crate::kube::api::NodePatch {
+                            remove_taints: vec![TAINT_UNREGISTERED.into()],
+                            ..Default::default()
+                        };
+                        c.patch_node(&node, &patch).await.unwrap();
+                    } else if view.has_taint(TAINT_INITIALIZING)
+                        && view.ready
+                        && !view.has_taint("agent-not-ready")
+                        && c.shared().load().pods_by_node.contains_key(&node)
+                    {
+                        let patch = crate::kube::api::NodePatch {
+                            remove_taints: vec![TAINT_INITIALIZING.into()],
+                            ..Default::default()
+                        };
+                        c.patch_node(&node, &patch).await.unwrap();
+                    }
+                }
+                let stats = sched.step(now, &c, &mut rig.client).await;
+                assert_eq!(stats.bound_to_gated, 0, "tick {tick}");
+                if let Some(b) = stats.bound.first() {
+                    assert_eq!(b.uid, uid);
+                    assert!(b.reserved && !b.off_reservation);
+                    assert_eq!(Some(b.node.as_str()), kubelet.node_for(&pid));
+                    bound_at = Some(tick);
+                    break;
+                }
+                if tick == 0 {
+                    assert!(rig.app.ledger.contains(&uid), "no node yet: demand");
+                }
+            }
+            // Registered at 30 s, Ready at 40 s, startup taint gone at 45 s, gate lifted at 45 s.
+            assert_eq!(bound_at, Some(45));
+        }
     }
 }
