@@ -631,7 +631,7 @@ fn daemon_pod(ds: &DaemonSet, owner_uid: &str, node: &str) -> Pod {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
     use super::*;
@@ -700,5 +700,276 @@ spec:
         assert_eq!(t[0].effect, Effect::NoExecute);
         assert_eq!(t[1].effect, Effect::NoSchedule);
         assert_eq!(registration_taints(None, None).len(), 2);
+    }
+
+    // ------------------------------------------------------------ the kubelet against a cluster
+
+    use std::sync::Mutex;
+
+    use crate::cloud::{CloudError, InstanceState};
+    use crate::kube::crd::EC2NodeClass;
+    use crate::model::CapacityType;
+    use crate::state::{DemandLedger, SharedState};
+
+    /// The smallest cloud the kubelet needs: a list a test edits.
+    #[derive(Default)]
+    pub(crate) struct StubCloud {
+        pub instances: Mutex<Vec<Instance>>,
+        pub fail_list: Mutex<bool>,
+    }
+
+    #[async_trait::async_trait]
+    impl CloudProvider for StubCloud {
+        async fn create(&self, _: &NodeClaim, _: &EC2NodeClass) -> Result<Instance, CloudError> {
+            Err(CloudError::Other("stub cannot launch".into()))
+        }
+        async fn delete(&self, id: &str) -> Result<(), CloudError> {
+            self.instances
+                .lock()
+                .unwrap()
+                .retain(|i| i.provider_id != id);
+            Ok(())
+        }
+        async fn get(&self, id: &str) -> Result<Instance, CloudError> {
+            let list = self.instances.lock().unwrap();
+            list.iter()
+                .find(|i| i.provider_id == id)
+                .cloned()
+                .ok_or_else(|| CloudError::NotFound(id.into()))
+        }
+        async fn list(&self) -> Result<Vec<Instance>, CloudError> {
+            if *self.fail_list.lock().unwrap() {
+                return Err(CloudError::Throttled);
+            }
+            Ok(self.instances.lock().unwrap().clone())
+        }
+        async fn catalog(&self) -> Result<Arc<Catalog>, CloudError> {
+            Ok(Arc::new(Catalog::embedded().unwrap()))
+        }
+    }
+
+    pub(crate) fn instance(id: &str, claim: &str) -> Instance {
+        Instance {
+            provider_id: crate::cloud::provider_id("us-east-1b", id),
+            instance_id: id.into(),
+            instance_type: "m7i.large".into(),
+            zone: "us-east-1b".into(),
+            capacity_type: CapacityType::Spot,
+            state: InstanceState::Running,
+            nodeclaim: Some(claim.into()),
+            nodepool: Some("general".into()),
+            image_id: None,
+            price: None,
+            launch_time_unix: None,
+        }
+    }
+
+    fn node(c: &SimCluster, name: &str) -> Node {
+        c.read(|s| s.nodes.get(name).cloned()).unwrap()
+    }
+
+    fn taint_keys(n: &Node) -> Vec<String> {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .map(|ts| ts.iter().map(|t| t.key.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn instances_become_nodes_then_ready_then_untainted_then_gone() {
+        let t0: jiff::Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+        let secs = |n: i64| t0 + jiff::SignedDuration::from_secs(n);
+        let cluster = SimCluster::new(
+            t0,
+            SharedState::new(),
+            DemandLedger::new(Duration::from_secs(600), 1000),
+            Duration::from_secs(120),
+        );
+        let pool: NodePool = serde_yaml::from_str(
+            r#"
+metadata: {name: general}
+spec:
+  template:
+    metadata: {labels: {team: web}}
+    spec:
+      nodeClassRef: {name: default}
+      startupTaints: [{key: node.cilium.io/agent-not-ready, value: "true", effect: NoExecute}]
+"#,
+        )
+        .unwrap();
+        cluster.put_nodepool(pool.clone());
+        let class: EC2NodeClass =
+            serde_yaml::from_str("metadata: {name: default}\nspec: {kubelet: {maxPods: 17}}")
+                .unwrap();
+        cluster.put_nodeclass(class);
+        let mut claim = NodeClaim::new("general-abcde", Default::default());
+        claim.metadata.labels = Some([(NODEPOOL.to_string(), "general".to_string())].into());
+        claim.spec.node_class_ref.name = "default".into();
+        claim.spec.startup_taints = pool.spec.template.spec.startup_taints.clone();
+        cluster.create_nodeclaim(&claim).await.unwrap();
+        cluster.put_daemonset(ds(r#"
+metadata: {name: kube-proxy, namespace: kube-system, uid: ds-kp}
+spec:
+  selector: {matchLabels: {app: kp}}
+  template:
+    metadata: {labels: {app: kp}}
+    spec:
+      tolerations: [{operator: Exists}]
+      containers: [{name: c, resources: {requests: {cpu: 100m, memory: 64Mi}}}]
+"#));
+        cluster.put_daemonset(ds(r#"
+metadata: {name: gpu-plugin, namespace: kube-system, uid: ds-gpu}
+spec:
+  selector: {matchLabels: {app: gp}}
+  template:
+    metadata: {labels: {app: gp}}
+    spec:
+      nodeSelector: {nvidia.com/gpu.present: "true"}
+      containers: [{name: c}]
+"#));
+
+        let cloud = StubCloud::default();
+        cloud
+            .instances
+            .lock()
+            .unwrap()
+            .push(instance("i-0001", "general-abcde"));
+        let catalog = Arc::new(Catalog::embedded().unwrap());
+        let mut kubelet = SimKubelet::new(KubeletConfig::typical(catalog.clone()));
+
+        let s = kubelet.step(t0, &cloud, &cluster).await;
+        assert_eq!((s.instances, s.registered), (1, 0));
+        assert!(cluster.read(|s| s.nodes.is_empty()), "not before the delay");
+
+        let s = kubelet.step(secs(30), &cloud, &cluster).await;
+        assert_eq!(s.registered, 1);
+        let pid = crate::cloud::provider_id("us-east-1b", "i-0001");
+        let name = kubelet.node_for(&pid).unwrap().to_string();
+        assert!(name.starts_with("ip-10-0-") && name.ends_with(".ec2.internal"));
+        let n = node(&cluster, &name);
+        assert_eq!(
+            n.spec.as_ref().unwrap().provider_id.as_deref(),
+            Some(pid.as_str())
+        );
+        assert_eq!(
+            taint_keys(&n),
+            [
+                TAINT_UNREGISTERED,
+                TAINT_INITIALIZING,
+                "node.cilium.io/agent-not-ready"
+            ]
+        );
+        let labels = n.metadata.labels.clone().unwrap();
+        for (k, v) in [
+            (HOSTNAME, name.as_str()),
+            (crate::model::labels::INSTANCE_TYPE, "m7i.large"),
+            (ZONE, "us-east-1b"),
+            (REGION, "us-east-1"),
+            (CAPACITY_TYPE, "spot"),
+            (NODEPOOL, "general"),
+            (NODECLAIM, "general-abcde"),
+            (crate::model::labels::INSTANCE_FAMILY, "m7i"),
+            (crate::model::labels::ARCH, "amd64"),
+            ("team", "web"),
+        ] {
+            assert_eq!(labels.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        let view = cluster.shared().load().node(&name).cloned().unwrap();
+        let it = catalog.get("m7i.large").unwrap();
+        assert_eq!(view.allocatable, it.allocatable(Some(17)));
+        assert_eq!(view.allocatable.pods, 17, "the class caps max pods");
+        assert!(!view.ready);
+
+        let s = kubelet.step(secs(39), &cloud, &cluster).await;
+        assert_eq!(s.became_ready, 0);
+        let s = kubelet.step(secs(40), &cloud, &cluster).await;
+        assert_eq!(
+            (s.became_ready, s.daemon_pods),
+            (1, 1),
+            "the GPU plugin skips this node"
+        );
+        let snap = cluster.shared().load();
+        assert!(snap.node(&name).unwrap().ready);
+        let pods = snap.pods_by_node.get(&name).unwrap();
+        assert_eq!(pods.len(), 1);
+        let dp = &pods[0];
+        assert_eq!(
+            dp.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "DaemonSet"
+        );
+        assert_eq!(
+            dp.status.as_ref().unwrap().phase.as_deref(),
+            Some("Running")
+        );
+        assert_eq!(snap.node(&name).unwrap().requested.cpu, 100);
+        assert!(snap.pending.is_empty());
+
+        // Startup taints go; the gates stay for the lifecycle controller.
+        let s = kubelet.step(secs(45), &cloud, &cluster).await;
+        assert_eq!(s.startup_taints_removed, 1);
+        assert_eq!(
+            taint_keys(&node(&cluster, &name)),
+            [TAINT_UNREGISTERED, TAINT_INITIALIZING]
+        );
+        let s = kubelet.step(secs(100), &cloud, &cluster).await;
+        assert_eq!(
+            s,
+            KubeletStats {
+                instances: 1,
+                ..Default::default()
+            },
+            "idle once done"
+        );
+
+        // A failed list deletes nothing; a vanished instance takes its Node (and pods) along.
+        *cloud.fail_list.lock().unwrap() = true;
+        cloud.instances.lock().unwrap().clear();
+        let s = kubelet.step(secs(101), &cloud, &cluster).await;
+        assert!(s.list_error.is_some());
+        assert!(cluster.read(|s| s.nodes.contains_key(&name)));
+        *cloud.fail_list.lock().unwrap() = false;
+        let s = kubelet.step(secs(102), &cloud, &cluster).await;
+        assert_eq!(s.deleted, 1);
+        assert!(cluster.read(|s| s.nodes.is_empty() && s.pods.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn zero_delays_do_every_stage_in_one_tick_and_restarts_adopt_nodes() {
+        let t0: jiff::Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+        let cluster = SimCluster::new(
+            t0,
+            SharedState::new(),
+            DemandLedger::new(Duration::from_secs(600), 1000),
+            Duration::from_secs(120),
+        );
+        let cloud = StubCloud::default();
+        // No claim in the store (a leak the GC will reap): the Node still registers, gated.
+        cloud
+            .instances
+            .lock()
+            .unwrap()
+            .push(instance("i-0002", "missing"));
+        let catalog = Arc::new(Catalog::embedded().unwrap());
+        let config = KubeletConfig {
+            register_delay: Duration::ZERO,
+            ready_delay: Duration::ZERO,
+            startup_taint_delay: Duration::ZERO,
+            catalog,
+        };
+        let mut kubelet = SimKubelet::new(config.clone());
+        let s = kubelet.step(t0, &cloud, &cluster).await;
+        assert_eq!((s.registered, s.became_ready), (1, 1));
+        let names: Vec<String> = cluster.read(|s| s.nodes.keys().cloned().collect());
+        assert_eq!(names.len(), 1);
+        assert_eq!(
+            taint_keys(&node(&cluster, &names[0])),
+            [TAINT_UNREGISTERED, TAINT_INITIALIZING]
+        );
+        // A new kubelet (restart) adopts the Node instead of registering a twin.
+        let mut again = SimKubelet::new(config);
+        let s = again.step(t0, &cloud, &cluster).await;
+        assert_eq!(s.registered, 0);
+        assert_eq!(cluster.read(|s| s.nodes.len()), 1);
     }
 }

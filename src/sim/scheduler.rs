@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::Pod;
-use serde::Serialize;
 
 use super::cluster::SimCluster;
 use crate::extender::client::ExtenderClient;
@@ -212,6 +211,8 @@ pub mod reasons {
     /// Another pod's anti-affinity.
     pub const EXISTING_ANTI_AFFINITY: &str =
         "node(s) didn't satisfy existing pods anti-affinity rules";
+    /// Required zonal pod affinity: no selected pod in the node's zone.
+    pub const AFFINITY_ZONE: &str = "node(s) didn't match pod affinity rules";
     /// Topology spread skew.
     pub const SPREAD: &str = "node(s) didn't match pod topology spread constraints";
     /// The node lacks the topology label.
@@ -223,16 +224,12 @@ pub mod reasons {
 
 /// The in-tree filters over one node: `Ok` if the pod may land there.
 ///
-/// `spread` holds one entry per hard topology spread constraint of the pod, from
-/// [`spread_counts`] over the same nodes.
+/// `topo` holds what the pod's topology rules need to know about the other nodes, from
+/// [`topology`] over the same node list.
 ///
 /// # Errors
 /// The first failing filter's reason, from [`reasons`].
-pub fn fits(
-    pod: &PodDemand,
-    node: &NodeCandidate,
-    spread: &[SpreadCounts],
-) -> Result<(), &'static str> {
+pub fn fits(pod: &PodDemand, node: &NodeCandidate, topo: &Topology) -> Result<(), &'static str> {
     if node.unschedulable {
         return Err(reasons::UNSCHEDULABLE);
     }
@@ -285,7 +282,15 @@ pub fn fits(
     }) {
         return Err(reasons::EXISTING_ANTI_AFFINITY);
     }
-    for c in spread {
+    for zones in topo.zone_affinity.iter().flatten() {
+        let ok = node
+            .domain(TopologyKey::Zone)
+            .is_some_and(|z| zones.contains(z));
+        if !ok {
+            return Err(reasons::AFFINITY_ZONE);
+        }
+    }
+    for c in &topo.spread {
         let Some(key) = c.key else { continue };
         let Some(domain) = node.domain(key) else {
             return Err(reasons::SPREAD_LABEL);
@@ -297,6 +302,43 @@ pub fn fits(
         }
     }
     Ok(())
+}
+
+/// What a pod's topology rules need to know about all nodes, computed once per attempt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    /// One entry per hard topology spread constraint, from [`spread_counts`].
+    pub spread: Vec<SpreadCounts>,
+    /// One entry per required zonal pod-affinity term: the zones holding a selected pod, or
+    /// `None` when no pod matches anywhere and the pod matches its own term (the first of a
+    /// group may go anywhere, as kube-scheduler allows).
+    pub zone_affinity: Vec<Option<HashSet<String>>>,
+}
+
+/// Builds the [`Topology`] of a pod over the node list.
+pub fn topology(pod: &PodDemand, nodes: &[NodeCandidate]) -> Topology {
+    let zone_affinity = pod
+        .affinity_zone
+        .iter()
+        .map(|sel| {
+            let zones: HashSet<String> = nodes
+                .iter()
+                .filter(|n| {
+                    n.pods
+                        .iter()
+                        .any(|p| sel.selects(&pod.namespace, &p.namespace, &p.labels))
+                })
+                .filter_map(|n| n.domain(TopologyKey::Zone).map(str::to_string))
+                .collect();
+            let first_of_group =
+                zones.is_empty() && sel.selects(&pod.namespace, &pod.namespace, &pod.labels);
+            (!first_of_group).then_some(zones)
+        })
+        .collect();
+    Topology {
+        spread: spread_counts(pod, nodes),
+        zone_affinity,
+    }
 }
 
 /// Counts, for each hard topology spread constraint of the pod, its matching pods per domain.
@@ -375,16 +417,6 @@ struct Queued {
     message: String,
 }
 
-#[derive(Serialize)]
-struct ArgsOut<'a> {
-    #[serde(rename = "Pod")]
-    pod: &'a Pod,
-    #[serde(rename = "Nodes")]
-    nodes: Option<()>,
-    #[serde(rename = "NodeNames")]
-    node_names: &'a [String],
-}
-
 /// The stand-in for kube-scheduler; one per simulation.
 #[derive(Debug)]
 pub struct SchedulerStandIn {
@@ -393,10 +425,10 @@ pub struct SchedulerStandIn {
     placed: HashMap<String, Arc<PlacedPod>>,
     /// Bumped on a node change or freed room: failed pods may now fit.
     cluster_gen: u64,
-    /// Bumped when pods bound: pods with topology rules may now fit.
+    /// Bumped when pods bound or gated nodes came or went: pods with topology rules may now fit.
     pod_gen: u64,
-    node_fingerprint: u64,
-    last_room: HashMap<String, (Resources, Resources)>,
+    node_fingerprint: (u64, u64),
+    last_room: HashMap<String, Resources>,
 }
 
 impl Default for SchedulerStandIn {
@@ -414,7 +446,7 @@ impl SchedulerStandIn {
             placed: HashMap::new(),
             cluster_gen: 0,
             pod_gen: 0,
-            node_fingerprint: 0,
+            node_fingerprint: (0, 0),
             last_room: HashMap::new(),
         }
     }
@@ -422,6 +454,11 @@ impl SchedulerStandIn {
     /// The configuration in use.
     pub fn config(&self) -> &SchedulerConfig {
         &self.config
+    }
+
+    /// Pods that failed at least once and wait in the queue, for progress output.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
     }
 
     /// One scheduling cycle over the pending `gantry` pods at virtual time `now`.
@@ -539,11 +576,11 @@ impl SchedulerStandIn {
         client: &mut ExtenderClient,
         stats: &mut StepStats,
     ) -> Result<String, String> {
-        let spread = spread_counts(demand, nodes);
+        let topo = topology(demand, nodes);
         let mut failures: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut feasible: Vec<String> = Vec::new();
         for n in nodes.iter() {
-            match fits(demand, n, &spread) {
+            match fits(demand, n, &topo) {
                 Ok(()) => feasible.push(n.name.clone()),
                 Err(r) => *failures.entry(r).or_default() += 1,
             }
@@ -552,8 +589,10 @@ impl SchedulerStandIn {
             return Err(unschedulable_message(nodes.len(), &failures));
         }
 
+        // Serialized once for both calls; kube-scheduler also sends the same Pod to each verb.
+        let pod_json = serde_json::to_vec(pod).unwrap_or_default();
         stats.filter_calls += 1;
-        let passing = match client.filter(args_body(pod, &feasible)).await {
+        let passing = match client.filter(args_body(&pod_json, &feasible)).await {
             Ok(reply) if reply.error.is_empty() => {
                 let allowed: HashSet<String> =
                     reply.node_names.unwrap_or_default().into_iter().collect();
@@ -580,13 +619,14 @@ impl SchedulerStandIn {
         }
 
         stats.prioritize_calls += 1;
-        let ext: HashMap<String, i64> = match client.prioritize(args_body(pod, &passing)).await {
-            Ok(list) => list.into_iter().map(|h| (h.host, h.score)).collect(),
-            Err(_) => {
-                stats.extender_errors += 1;
-                HashMap::new()
-            }
-        };
+        let ext: HashMap<String, i64> =
+            match client.prioritize(args_body(&pod_json, &passing)).await {
+                Ok(list) => list.into_iter().map(|h| (h.host, h.score)).collect(),
+                Err(_) => {
+                    stats.extender_errors += 1;
+                    HashMap::new()
+                }
+            };
         let by_name: HashMap<&str, &NodeCandidate> =
             nodes.iter().map(|n| (n.name.as_str(), n)).collect();
         let mut best: Option<(i64, &String)> = None;
@@ -648,33 +688,51 @@ impl SchedulerStandIn {
         }
     }
 
-    /// Bumps the cluster generation when nodes changed or room was freed since the last tick.
+    /// Bumps the generations when something changed since the last tick that could help a
+    /// failed pod, as kube-scheduler's queueing hints do.
+    ///
+    /// A change to an open node (added, relabelled, re-tainted, cordoned) or freed room helps
+    /// any pod. A node that still carries a gate helps nobody (no pod tolerates the gates), so
+    /// its arrival is no event; but gated nodes are topology domains, so their coming and going
+    /// is an event for pods with topology rules.
     fn observe_cluster(&mut self, snap: &ClusterSnapshot) {
         let mut names: Vec<&String> = snap.nodes.keys().collect();
         names.sort();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut open = std::collections::hash_map::DefaultHasher::new();
+        let mut gated = std::collections::hash_map::DefaultHasher::new();
         let mut freed = false;
         let mut room = HashMap::with_capacity(names.len());
         for name in names {
             let Some(n) = snap.nodes.get(name) else {
                 continue;
             };
-            name.hash(&mut h);
-            n.labels.hash(&mut h);
-            n.taints.hash(&mut h);
-            n.allocatable.hash(&mut h);
-            n.unschedulable.hash(&mut h);
-            n.deleting.hash(&mut h);
-            if let Some((req, res)) = self.last_room.get(name.as_str())
-                && (!req.fits_in(&n.requested) || !res.fits_in(&n.reserved))
+            if n.has_taint(TAINT_INITIALIZING) || n.has_taint(TAINT_UNREGISTERED) {
+                name.hash(&mut gated);
+                continue;
+            }
+            name.hash(&mut open);
+            n.labels.hash(&mut open);
+            n.taints.hash(&mut open);
+            n.allocatable.hash(&mut open);
+            n.unschedulable.hash(&mut open);
+            n.deleting.hash(&mut open);
+            // Room held is requests plus reservations: a reserved pod binding frees nothing.
+            let held = n.requested.plus(&n.reserved);
+            if self
+                .last_room
+                .get(name.as_str())
+                .is_some_and(|before| !before.fits_in(&held))
             {
                 freed = true;
             }
-            room.insert(name.clone(), (n.requested.clone(), n.reserved.clone()));
+            room.insert(name.clone(), held);
         }
-        let fp = h.finish();
-        if fp != self.node_fingerprint || freed {
+        let fp = (open.finish(), gated.finish());
+        if fp.0 != self.node_fingerprint.0 || freed {
             self.cluster_gen += 1;
+        }
+        if fp.1 != self.node_fingerprint.1 {
+            self.pod_gen += 1;
         }
         self.node_fingerprint = fp;
         self.last_room = room;
@@ -695,6 +753,9 @@ impl SchedulerStandIn {
                             .map(|p| {
                                 let uid = p.metadata.uid.as_deref().unwrap_or_default();
                                 seen.insert(uid);
+                                if let Some(known) = self.placed.get(uid) {
+                                    return known.clone();
+                                }
                                 self.placed
                                     .entry(uid.to_string())
                                     .or_insert_with(|| {
@@ -768,16 +829,17 @@ fn duration_between(from: jiff::Timestamp, to: jiff::Timestamp) -> Duration {
     Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
 }
 
-/// The `ExtenderArgs` body kube-scheduler sends in cache mode.
-fn args_body(pod: &Pod, names: &[String]) -> Bytes {
-    let args = ArgsOut {
-        pod,
-        nodes: None,
-        node_names: names,
-    };
-    // Serializing a Pod and strings into a Vec cannot fail; an empty body would only make the
-    // extender answer with an error, which is treated as ignorable.
-    Bytes::from(serde_json::to_vec(&args).unwrap_or_default())
+/// The `ExtenderArgs` body kube-scheduler sends in cache mode, around an already serialized Pod.
+fn args_body(pod_json: &[u8], names: &[String]) -> Bytes {
+    // Serializing strings cannot fail; an empty list would only make the extender pass nothing.
+    let names = serde_json::to_vec(names).unwrap_or_else(|_| b"[]".to_vec());
+    let mut out = Vec::with_capacity(pod_json.len() + names.len() + 48);
+    out.extend_from_slice(b"{\"Pod\":");
+    out.extend_from_slice(if pod_json.is_empty() { b"{}" } else { pod_json });
+    out.extend_from_slice(b",\"Nodes\":null,\"NodeNames\":");
+    out.extend_from_slice(&names);
+    out.push(b'}');
+    Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -872,7 +934,7 @@ spec:
             ("pod slots", no_slots, Err(reasons::PODS)),
         ];
         for (what, n, want) in cases {
-            assert_eq!(fits(&plain, &n, &[]), want, "{what}");
+            assert_eq!(fits(&plain, &n, &Topology::default()), want, "{what}");
         }
     }
 
@@ -891,16 +953,20 @@ spec:
 "#,
         );
         let mut n = node("n", 4000);
-        assert_eq!(fits(&gpu, &n, &[]), Err(reasons::AFFINITY));
+        assert_eq!(fits(&gpu, &n, &Topology::default()), Err(reasons::AFFINITY));
         n.labels.insert(
             crate::model::labels::CAPACITY_TYPE.into(),
             "on-demand".into(),
         );
-        assert_eq!(fits(&gpu, &n, &[]), Err(reasons::EXTENDED));
+        assert_eq!(fits(&gpu, &n, &Topology::default()), Err(reasons::EXTENDED));
         n.allocatable.set_extended("nvidia.com/gpu", 1);
         n.taints
             .push(Taint::new("nvidia.com/gpu", "true", Effect::NoSchedule));
-        assert_eq!(fits(&gpu, &n, &[]), Ok(()), "toleration covers the taint");
+        assert_eq!(
+            fits(&gpu, &n, &Topology::default()),
+            Ok(()),
+            "toleration covers the taint"
+        );
         n.pods.push(Arc::new(PlacedPod {
             namespace: "other".into(),
             host_ports: vec![HostPort {
@@ -910,13 +976,16 @@ spec:
             }],
             ..Default::default()
         }));
-        assert_eq!(fits(&gpu, &n, &[]), Err(reasons::PORTS));
+        assert_eq!(fits(&gpu, &n, &Topology::default()), Err(reasons::PORTS));
         // The plain pod does not tolerate the GPU taint.
         let mut plain_node = node("m", 4000);
         plain_node
             .taints
             .push(Taint::new("nvidia.com/gpu", "true", Effect::NoSchedule));
-        assert_eq!(fits(&demand(PLAIN), &plain_node, &[]), Err(reasons::TAINT));
+        assert_eq!(
+            fits(&demand(PLAIN), &plain_node, &Topology::default()),
+            Err(reasons::TAINT)
+        );
     }
 
     #[test]
@@ -934,14 +1003,17 @@ spec:
         );
         let mut n = node("n", 4000);
         n.pods.push(placed(&[("app", "db")]));
-        assert_eq!(fits(&anti, &n, &[]), Ok(()));
+        assert_eq!(fits(&anti, &n, &Topology::default()), Ok(()));
         n.pods.push(placed(&[("app", "web")]));
-        assert_eq!(fits(&anti, &n, &[]), Err(reasons::ANTI_AFFINITY));
+        assert_eq!(
+            fits(&anti, &n, &Topology::default()),
+            Err(reasons::ANTI_AFFINITY)
+        );
         // An existing pod's anti-affinity keeps a selected newcomer away.
         let mut m = node("m", 4000);
         m.pods.push(Arc::new(PlacedPod::from_demand(&anti)));
         assert_eq!(
-            fits(&demand(PLAIN), &m, &[]),
+            fits(&demand(PLAIN), &m, &Topology::default()),
             Err(reasons::EXISTING_ANTI_AFFINITY)
         );
     }
@@ -965,10 +1037,10 @@ spec:
             "us-east-1b".to_string(),
         );
         let nodes = vec![a, b];
-        let spread = spread_counts(&zonal, &nodes);
-        assert_eq!(spread.len(), 1);
-        assert_eq!(spread[0].min, 0);
-        assert!(spread[0].self_match);
+        let spread = topology(&zonal, &nodes);
+        assert_eq!(spread.spread.len(), 1);
+        assert_eq!(spread.spread[0].min, 0);
+        assert!(spread.spread[0].self_match);
         assert_eq!(fits(&zonal, &nodes[0], &spread), Err(reasons::SPREAD));
         assert_eq!(fits(&zonal, &nodes[1], &spread), Ok(()));
         let mut unlabeled = node("c", 4000);
@@ -988,9 +1060,42 @@ spec:
   containers: [{name: c}]
 "#,
         );
-        let spread = spread_counts(&host, &nodes);
-        assert_eq!(spread.len(), 1, "soft constraints are not filters");
+        let spread = topology(&host, &nodes);
+        assert_eq!(spread.spread.len(), 1, "soft constraints are not filters");
         assert_eq!(fits(&host, &nodes[0], &spread), Ok(()), "skew 1+1-0 = 2");
+    }
+
+    #[test]
+    fn zonal_pod_affinity_follows_its_group() {
+        let follower = demand(
+            r#"
+metadata: {name: f, namespace: ns, labels: {app: cache}}
+spec:
+  affinity:
+    podAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+      - {topologyKey: topology.kubernetes.io/zone, labelSelector: {matchLabels: {app: cache}}}
+  containers: [{name: c}]
+"#,
+        );
+        let a = node("a", 4000);
+        let mut b = node("b", 4000);
+        b.labels.insert(
+            crate::model::labels::ZONE.to_string(),
+            "us-east-1b".to_string(),
+        );
+        // The first pod of the group may go anywhere.
+        let nodes = vec![a.clone(), b.clone()];
+        let topo = topology(&follower, &nodes);
+        assert_eq!(topo.zone_affinity, vec![None]);
+        assert_eq!(fits(&follower, &b, &topo), Ok(()));
+        // Once one runs in us-east-1a, the rest follow it there.
+        let mut a2 = a;
+        a2.pods.push(placed(&[("app", "cache")]));
+        let nodes = vec![a2.clone(), b.clone()];
+        let topo = topology(&follower, &nodes);
+        assert_eq!(fits(&follower, &a2, &topo), Ok(()));
+        assert_eq!(fits(&follower, &b, &topo), Err(reasons::AFFINITY_ZONE));
     }
 
     #[test]
@@ -1011,6 +1116,21 @@ spec:
     }
 
     #[test]
+    fn args_body_is_what_kube_scheduler_sends() {
+        let pod: Pod = serde_yaml::from_str(PLAIN).unwrap();
+        let body = args_body(
+            &serde_json::to_vec(&pod).unwrap(),
+            &["a".into(), "b".into()],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["NodeNames"], serde_json::json!(["a", "b"]));
+        assert!(v["Nodes"].is_null());
+        assert_eq!(v["Pod"]["metadata"]["name"], "p");
+        let args = crate::extender::wire::parse_args(&body).unwrap();
+        assert_eq!(args.candidates.len(), 2);
+    }
+
+    #[test]
     fn backoff_doubles_to_the_cap() {
         let s = SchedulerStandIn::default();
         assert_eq!(s.backoff(1), Duration::from_secs(1));
@@ -1018,5 +1138,466 @@ spec:
         assert_eq!(s.backoff(4), Duration::from_secs(8));
         assert_eq!(s.backoff(5), Duration::from_secs(10));
         assert_eq!(s.backoff(40), Duration::from_secs(10));
+    }
+
+    // ------------------------------------------------------------ against the real extender
+
+    mod live {
+        use super::*;
+        use crate::extender::client::{Alpn, tls_config};
+        use crate::extender::routes::RequestLimits;
+        use crate::kube::api::ClusterApi;
+        use crate::kube::crd::{NodeClaim, NodeClaimStatus, ReservedPod};
+        use crate::server::tls::{TlsFiles, TlsReloader};
+        use crate::server::{AppState, https_router};
+        use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Taint as K8sTaint};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        use tokio_util::sync::CancellationToken;
+
+        /// The real HTTPS extender in-process, serving the simulated cluster's snapshots.
+        pub(crate) struct Rig {
+            pub cluster: Arc<SimCluster>,
+            pub client: ExtenderClient,
+            pub app: AppState,
+            stop: CancellationToken,
+            _dir: tempfile::TempDir,
+        }
+
+        impl Drop for Rig {
+            fn drop(&mut self) {
+                self.stop.cancel();
+            }
+        }
+
+        pub(crate) async fn rig(now: jiff::Timestamp) -> Rig {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let app = AppState::new(Duration::from_secs(600));
+            let cluster = SimCluster::new(
+                now,
+                app.cluster.clone(),
+                app.ledger.clone(),
+                Duration::from_secs(120),
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let set =
+                crate::certs::generate(&["localhost".to_string()], &["127.0.0.1".parse().unwrap()])
+                    .unwrap();
+            crate::certs::write(&set, dir.path()).unwrap();
+            let files = TlsFiles {
+                cert: dir.path().join("server.crt"),
+                key: dir.path().join("server.key"),
+                client_ca: None,
+            };
+            let live = Arc::new(arc_swap::ArcSwapOption::empty());
+            let mut reloader = TlsReloader::new(files, live.clone(), app.metrics.clone());
+            reloader.poll_once();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stop = CancellationToken::new();
+            let limits = RequestLimits {
+                max_body_bytes: 64 << 20,
+                timeout: Duration::from_secs(5),
+            };
+            tokio::spawn(crate::server::https::serve_tls(
+                listener,
+                https_router(&app, limits, false, None),
+                live,
+                stop.clone(),
+                Duration::from_secs(1),
+            ));
+            let cfg = Arc::new(tls_config(set.ca_cert.as_bytes(), None, Alpn::Http1).unwrap());
+            let client = ExtenderClient::connect(addr, "localhost", cfg, "/scheduler")
+                .await
+                .unwrap();
+            Rig {
+                cluster,
+                client,
+                app,
+                stop,
+                _dir: dir,
+            }
+        }
+
+        pub(crate) fn k8s_node(name: &str, cpu: &str, gated: bool) -> Node {
+            let mut labels = BTreeMap::new();
+            labels.insert(HOSTNAME.to_string(), name.to_string());
+            labels.insert(
+                crate::model::labels::ZONE.to_string(),
+                "us-east-1a".to_string(),
+            );
+            let alloc: BTreeMap<String, Quantity> = [
+                ("cpu", cpu),
+                ("memory", "64Gi"),
+                ("pods", "110"),
+                ("ephemeral-storage", "10Gi"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect();
+            Node {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+                spec: Some(NodeSpec {
+                    taints: gated.then(|| {
+                        vec![K8sTaint {
+                            key: TAINT_INITIALIZING.into(),
+                            value: Some("true".into()),
+                            effect: "NoSchedule".into(),
+                            time_added: None,
+                        }]
+                    }),
+                    ..Default::default()
+                }),
+                status: Some(NodeStatus {
+                    allocatable: Some(alloc.clone()),
+                    capacity: Some(alloc),
+                    ..Default::default()
+                }),
+            }
+        }
+
+        pub(crate) fn k8s_pod(name: &str, cpu: &str, scheduler: &str) -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+                "spec": {
+                    "schedulerName": scheduler,
+                    "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": "256Mi"}}}]
+                }
+            }))
+            .unwrap()
+        }
+
+        fn node_of(cluster: &SimCluster, uid: &str) -> Option<String> {
+            cluster.read(|s| s.pods.get(uid)?.spec.as_ref()?.node_name.clone())
+        }
+
+        fn message_of(cluster: &SimCluster, uid: &str) -> Option<String> {
+            cluster.read(|s| {
+                s.pods
+                    .get(uid)?
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .as_ref()?
+                    .iter()
+                    .find(|c| c.type_ == "PodScheduled" && c.status == "False")?
+                    .message
+                    .clone()
+            })
+        }
+
+        #[tokio::test]
+        async fn reservations_win_packing_decides_the_rest_and_gates_hold() {
+            let t0: jiff::Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+            let mut rig = rig(t0).await;
+            let c = rig.cluster.clone();
+            c.put_node(k8s_node("a", "4", false));
+            c.put_node(k8s_node("b", "4", false));
+            c.put_node(k8s_node("gated", "128", true));
+            // b is busier, so packing alone prefers it.
+            let filler = c.add_pod(k8s_pod("filler", "2", "default-scheduler"));
+            c.bind(&filler, "b").unwrap();
+
+            let reserved = c.add_pod(k8s_pod("reserved", "500m", SCHEDULER_NAME));
+            let packed = c.add_pod(k8s_pod("packed", "500m", SCHEDULER_NAME));
+            let huge = c.add_pod(k8s_pod("huge", "100", SCHEDULER_NAME));
+            let other = c.add_pod(k8s_pod("other", "100m", "default-scheduler"));
+            let claim = c
+                .create_nodeclaim(&NodeClaim::new("pool-a", Default::default()))
+                .await
+                .unwrap();
+            c.update_nodeclaim_status(
+                claim.metadata.name.as_deref().unwrap(),
+                &NodeClaimStatus {
+                    node_name: Some("a".into()),
+                    reserved_pods: vec![ReservedPod {
+                        uid: reserved.clone(),
+                        namespace: "default".into(),
+                        name: "reserved".into(),
+                    }],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+
+            let mut sched = SchedulerStandIn::default();
+            let stats = sched.step(t0, &c, &mut rig.client).await;
+            assert_eq!(stats.pending, 3, "only gantry pods count");
+            assert_eq!(
+                node_of(&c, &reserved).as_deref(),
+                Some("a"),
+                "reservation wins"
+            );
+            assert_eq!(node_of(&c, &packed).as_deref(), Some("b"), "packing");
+            assert_eq!(node_of(&c, &huge), None);
+            assert_eq!(node_of(&c, &other), None, "not ours to schedule");
+            let msg = message_of(&c, &huge).unwrap();
+            assert!(msg.starts_with("0/3 nodes are available"), "{msg}");
+            assert!(msg.contains("Insufficient cpu"), "{msg}");
+            assert!(msg.contains("untolerated taint"), "{msg}");
+            assert!(
+                rig.app.ledger.contains(&huge),
+                "the pod watch path feeds demand"
+            );
+            assert_eq!(stats.bound.len(), 2);
+            assert_eq!(stats.bound_to_gated, 0);
+            assert_eq!(stats.bound_off_reservation, 0);
+            assert!(stats.bound.iter().any(|b| b.uid == reserved && b.reserved));
+            assert_eq!(stats.filter_calls, 2);
+            assert_eq!(stats.prioritize_calls, 2);
+            assert_eq!(stats.extender_errors, 0);
+            assert_eq!(stats.unschedulable, 1);
+            assert_eq!(sched.waiting(), 1);
+
+            // Nothing changed: the failed pod waits in the queue instead of retrying.
+            let t1 = t0 + jiff::SignedDuration::from_secs(2);
+            let stats = sched.step(t1, &c, &mut rig.client).await;
+            assert_eq!(stats.attempted, 0);
+            // Nor does a node arriving still gated (no pod tolerates the gates).
+            c.put_node(k8s_node("late", "128", true));
+            let stats = sched
+                .step(
+                    t1 + jiff::SignedDuration::from_millis(500),
+                    &c,
+                    &mut rig.client,
+                )
+                .await;
+            assert_eq!(stats.attempted, 0);
+
+            // The gate lifts: the pod is retried at once (its back-off has passed) and binds.
+            c.patch_node(
+                "gated",
+                &crate::kube::api::NodePatch {
+                    remove_taints: vec![TAINT_INITIALIZING.into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            let t2 = t1 + jiff::SignedDuration::from_secs(1);
+            let stats = sched.step(t2, &c, &mut rig.client).await;
+            assert_eq!(stats.attempted, 1);
+            assert_eq!(node_of(&c, &huge).as_deref(), Some("gated"));
+            assert_eq!(stats.bound[0].at, t2);
+            assert_eq!(stats.bound_to_gated, 0);
+            assert!(!rig.app.ledger.contains(&huge));
+        }
+
+        #[tokio::test]
+        async fn one_tick_never_overfills_and_reserved_room_is_held() {
+            let t0: jiff::Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+            let mut rig = rig(t0).await;
+            let c = rig.cluster.clone();
+            c.put_node(k8s_node("only", "4", false));
+            // Older pods first: the two 2.5-CPU pods cannot share a 4-CPU node.
+            let first = c.add_pod(k8s_pod("first", "2500m", SCHEDULER_NAME));
+            c.set_now(t0 + jiff::SignedDuration::from_secs(1));
+            let second = c.add_pod(k8s_pod("second", "2500m", SCHEDULER_NAME));
+            let mut sched = SchedulerStandIn::default();
+            let stats = sched.step(t0, &c, &mut rig.client).await;
+            assert_eq!(node_of(&c, &first).as_deref(), Some("only"));
+            assert_eq!(node_of(&c, &second), None);
+            assert_eq!(stats.bound.len(), 1);
+            assert_eq!(
+                stats.prioritize_calls, 0,
+                "one feasible node: no prioritize"
+            );
+
+            // A fresh node whose room is reserved for a pending pod: the extender keeps others off.
+            c.put_node(k8s_node("fresh", "4", false));
+            let owner = c.add_pod(k8s_pod("owner", "3", SCHEDULER_NAME));
+            let claim = c
+                .create_nodeclaim(&NodeClaim::new("pool-b", Default::default()))
+                .await
+                .unwrap();
+            c.update_nodeclaim_status(
+                claim.metadata.name.as_deref().unwrap(),
+                &NodeClaimStatus {
+                    node_name: Some("fresh".into()),
+                    reserved_pods: vec![ReservedPod {
+                        uid: owner.clone(),
+                        namespace: "default".into(),
+                        name: "owner".into(),
+                    }],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            let t1 = t0 + jiff::SignedDuration::from_secs(5);
+            let stats = sched.step(t1, &c, &mut rig.client).await;
+            // `second` (older) fits "fresh" by resources, but the extender holds it for `owner`.
+            assert_eq!(node_of(&c, &second), None);
+            let msg = message_of(&c, &second).unwrap();
+            assert!(msg.contains("rejected by the gantry extender"), "{msg}");
+            assert_eq!(node_of(&c, &owner).as_deref(), Some("fresh"));
+            assert_eq!(stats.bound_off_reservation, 0);
+        }
+
+        #[tokio::test]
+        async fn six_hundred_pods_bind_in_one_tick() {
+            let t0: jiff::Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+            let mut rig = rig(t0).await;
+            let c = rig.cluster.clone();
+            let zones = ["us-east-1a", "us-east-1b", "us-east-1c"];
+            for i in 0..40 {
+                let mut n = k8s_node(&format!("n{i:03}"), "16", false);
+                n.metadata.labels.as_mut().unwrap().insert(
+                    crate::model::labels::ZONE.to_string(),
+                    zones[i % 3].to_string(),
+                );
+                c.put_node(n);
+            }
+            let mut spread: Pod = k8s_pod("spread", "100m", SCHEDULER_NAME);
+            spread.spec.as_mut().unwrap().topology_spread_constraints = Some(vec![
+                serde_json::from_value(serde_json::json!({
+                    "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": {"matchLabels": {"app": "spread"}}
+                }))
+                .unwrap(),
+            ]);
+            for i in 0..600 {
+                let mut p = if i % 4 == 0 {
+                    spread.clone()
+                } else {
+                    k8s_pod("web", "500m", SCHEDULER_NAME)
+                };
+                p.metadata.name = Some(format!("p{i:04}"));
+                c.add_pod(p);
+            }
+            let mut sched = SchedulerStandIn::default();
+            let stats = sched.step(t0, &c, &mut rig.client).await;
+            assert_eq!(stats.bound.len(), 600);
+            assert_eq!(stats.bound_to_gated, 0);
+            let snap = c.shared().load();
+            let mut per_zone: BTreeMap<String, usize> = BTreeMap::new();
+            let mut used = 0;
+            for n in snap.nodes.values() {
+                assert!(n.requested.fits_in(&n.allocatable), "{} overfilled", n.name);
+                used += usize::from(n.requested.pods > 0);
+                let here = snap.pods_by_node.get(&n.name).map_or(0, |ps| {
+                    ps.iter()
+                        .filter(|p| p.metadata.labels.as_ref().unwrap()["app"] == "spread")
+                        .count()
+                });
+                *per_zone
+                    .entry(n.labels[crate::model::labels::ZONE].clone())
+                    .or_default() += here;
+            }
+            let (lo, hi) = (
+                per_zone.values().min().unwrap(),
+                per_zone.values().max().unwrap(),
+            );
+            assert!(hi - lo <= 1, "{per_zone:?}");
+            // MostAllocated packs: 240 vCPU of requests need 15 of the 40 nodes, not all of them.
+            assert!(used <= 20, "{used} nodes used");
+        }
+
+        /// Kubelet, scheduler and real extender together, with the test playing the lifecycle
+        /// controller: the pod waits through registration and the startup gate, then binds to
+        /// the node launched for it.
+        #[tokio::test]
+        async fn a_reserved_pod_waits_for_the_gate_then_lands_on_its_node() {
+            use crate::sim::kubelet::tests::{StubCloud, instance};
+            use crate::sim::kubelet::{KubeletConfig, SimKubelet};
+
+            let t0: jiff::Timestamp = "2026-12-04T12:00:00Z".parse().unwrap();
+            let mut rig = rig(t0).await;
+            let c = rig.cluster.clone();
+            let catalog = Arc::new(crate::model::Catalog::embedded().unwrap());
+            c.put_daemonset(
+                serde_yaml::from_str(
+                    r#"
+metadata: {name: kube-proxy, namespace: kube-system, uid: ds-kp}
+spec:
+  selector: {matchLabels: {app: kp}}
+  template:
+    metadata: {labels: {app: kp}}
+    spec: {containers: [{name: c, resources: {requests: {cpu: 100m}}}]}
+"#,
+                )
+                .unwrap(),
+            );
+            let uid = c.add_pod(k8s_pod("app", "1", SCHEDULER_NAME));
+            let mut claim = NodeClaim::new("general-x", Default::default());
+            claim.spec.startup_taints = vec![crate::kube::crd::TaintSpec {
+                key: "agent-not-ready".into(),
+                value: Some("true".into()),
+                effect: "NoSchedule".into(),
+            }];
+            c.create_nodeclaim(&claim).await.unwrap();
+            let mut status = NodeClaimStatus {
+                reserved_pods: vec![ReservedPod {
+                    uid: uid.clone(),
+                    namespace: "default".into(),
+                    name: "app".into(),
+                }],
+                ..Default::default()
+            };
+            c.update_nodeclaim_status("general-x", &status)
+                .await
+                .unwrap();
+            let cloud = StubCloud::default();
+            cloud
+                .instances
+                .lock()
+                .unwrap()
+                .push(instance("i-0abc", "general-x"));
+
+            let mut kubelet = SimKubelet::new(KubeletConfig::typical(catalog));
+            let mut sched = SchedulerStandIn::default();
+            let mut bound_at = None;
+            for tick in 0..90 {
+                let now = t0 + jiff::SignedDuration::from_secs(tick);
+                c.set_now(now);
+                kubelet.step(now, &cloud, &c).await;
+                // The lifecycle controller's part, reduced to its rules.
+                let pid = crate::cloud::provider_id("us-east-1b", "i-0abc");
+                if let Some(node) = kubelet.node_for(&pid).map(str::to_string) {
+                    let view = c.shared().load().node(&node).cloned().unwrap();
+                    if view.has_taint(TAINT_UNREGISTERED) {
+                        status.node_name = Some(node.clone());
+                        c.update_nodeclaim_status("general-x", &status)
+                            .await
+                            .unwrap();
+                        let patch = crate::kube::api::NodePatch {
+                            remove_taints: vec![TAINT_UNREGISTERED.into()],
+                            ..Default::default()
+                        };
+                        c.patch_node(&node, &patch).await.unwrap();
+                    } else if view.has_taint(TAINT_INITIALIZING)
+                        && view.ready
+                        && !view.has_taint("agent-not-ready")
+                        && c.shared().load().pods_by_node.contains_key(&node)
+                    {
+                        let patch = crate::kube::api::NodePatch {
+                            remove_taints: vec![TAINT_INITIALIZING.into()],
+                            ..Default::default()
+                        };
+                        c.patch_node(&node, &patch).await.unwrap();
+                    }
+                }
+                let stats = sched.step(now, &c, &mut rig.client).await;
+                assert_eq!(stats.bound_to_gated, 0, "tick {tick}");
+                if let Some(b) = stats.bound.first() {
+                    assert_eq!(b.uid, uid);
+                    assert!(b.reserved && !b.off_reservation);
+                    assert_eq!(Some(b.node.as_str()), kubelet.node_for(&pid));
+                    bound_at = Some(tick);
+                    break;
+                }
+                if tick == 0 {
+                    assert!(rig.app.ledger.contains(&uid), "no node yet: demand");
+                }
+            }
+            // Registered at 30 s, Ready at 40 s, startup taint gone at 45 s, gate lifted at 45 s.
+            assert_eq!(bound_at, Some(45));
+        }
     }
 }
