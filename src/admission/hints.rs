@@ -1032,3 +1032,6 @@ fn build_patch(
     }
     patch
 }
+
+#[cfg(test)]
+mod tests;
