@@ -6,6 +6,9 @@
 //! patch and message. `GANTRY_UPDATE_GOLDENS=1 cargo test --test admission` rewrites the
 //! expected files (review the diff before committing).
 
+// A test binary: helpers outside #[test] fns may panic on broken fixtures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
