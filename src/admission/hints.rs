@@ -812,7 +812,7 @@ fn check_node_pools(
             required
                 .iter()
                 .all(|(h, label)| pool_admits_any(p, label, &h.values))
-                && (families.is_none() && arch.is_none()
+                && ((families.is_none() && arch.is_none())
                     || pool_family_arch_ok(p, catalog, families, arch))
         });
         if !jointly {
