@@ -326,7 +326,7 @@ pub fn decide(pod: &Pod, namespace_opted_in: bool, ctx: &HintContext<'_>) -> Ver
         return Verdict::unchanged();
     }
     let checks = check_catalog(&hints, ctx.catalog)
-        .and_then(|()| check_pod_constraints(&hints, spec))
+        .and_then(|()| check_pod_constraints(&hints, spec, ctx.catalog))
         .and_then(|()| match ctx.node_pools {
             Some(pools) => check_node_pools(&hints, pools, ctx.catalog),
             None => Ok(Vec::new()),
@@ -575,7 +575,11 @@ fn describe_term_on(term: &NodeSelectorTerm, label: &str) -> String {
     parts.join(" and ")
 }
 
-fn check_pod_constraints(hints: &[ParsedHint<'_>], spec: &PodSpec) -> Result<(), Denial> {
+fn check_pod_constraints(
+    hints: &[ParsedHint<'_>],
+    spec: &PodSpec,
+    catalog: &CatalogIndex,
+) -> Result<(), Denial> {
     let with_labels: Vec<(&ParsedHint<'_>, &'static str)> = hints
         .iter()
         .filter_map(|h| h.label().map(|l| (h, l)))
@@ -604,6 +608,58 @@ fn check_pod_constraints(hints: &[ParsedHint<'_>], spec: &PodSpec) -> Result<(),
                         ),
                     ));
                 }
+            }
+        }
+    }
+    let family_hint = find_hint(hints, HintKey::InstanceFamily);
+    let arch_hint = find_hint(hints, HintKey::Arch);
+    let families = family_hint.map(|h| h.values.as_slice());
+    let arch = arch_hint.and_then(|h| h.values.first()).map(String::as_str);
+    let family_or_arch: Vec<&ParsedHint<'_>> = family_hint.into_iter().chain(arch_hint).collect();
+    if let Some(selector) = spec.node_selector.as_ref()
+        && !family_or_arch.is_empty()
+    {
+        let pinned = |label: &str| {
+            selector.iter().find(|(k, v)| {
+                let key = canonical_key(k);
+                key == label
+                    || (label == labels::INSTANCE_FAMILY
+                        && key == labels::INSTANCE_TYPE
+                        && !v.is_empty())
+            })
+        };
+        // Cross-key: a pinned arch against a family hint, or a pinned family against an arch hint.
+        let other = families
+            .and_then(|_| pinned(labels::ARCH))
+            .or_else(|| arch.and_then(|_| pinned(labels::INSTANCE_FAMILY)));
+        if let Some((k, v)) = other {
+            let selector_term_ok = catalog_family_arch_fits(
+                catalog,
+                families,
+                arch,
+                |f| {
+                    selector.iter().all(|(k, v)| match canonical_key(k) {
+                        labels::INSTANCE_FAMILY => v == f,
+                        labels::INSTANCE_TYPE => family_of(v) == f,
+                        _ => true,
+                    })
+                },
+                |a| {
+                    selector
+                        .iter()
+                        .all(|(k, v)| canonical_key(k) != labels::ARCH || v == a)
+                },
+            );
+            if !selector_term_ok {
+                return Err(joint_denial(
+                    &family_or_arch,
+                    DenialKind::ContradictsPod,
+                    format!(
+                        "contradicts the pod's nodeSelector {}={}: no instance family in the catalog fits both",
+                        shown(k),
+                        shown(v)
+                    ),
+                ));
             }
         }
     }
@@ -643,11 +699,28 @@ fn check_pod_constraints(hints: &[ParsedHint<'_>], spec: &PodSpec) -> Result<(),
             ));
         }
     }
+    if !family_or_arch.is_empty()
+        && !terms
+            .iter()
+            .any(|t| term_family_arch_ok(t, catalog, families, arch))
+    {
+        let what = if terms.len() == 1 {
+            "the pod's required node affinity"
+        } else {
+            "every required node-affinity term of the pod"
+        };
+        return Err(joint_denial(
+            &family_or_arch,
+            DenialKind::ContradictsPod,
+            format!("contradicts {what}: no instance family in the catalog fits both"),
+        ));
+    }
     if with_labels.len() > 1 {
         let jointly = terms.iter().any(|t| {
             with_labels
                 .iter()
                 .all(|(h, label)| term_admits(t, label, &h.values))
+                && term_family_arch_ok(t, catalog, families, arch)
         });
         if !jointly {
             let involved: Vec<&ParsedHint<'_>> = with_labels.iter().map(|(h, _)| *h).collect();
@@ -699,21 +772,23 @@ fn pool_admits_any(pool: &NodePool, label: &str, values: &[String]) -> bool {
     values.iter().any(|v| pool_admits(pool, label, v))
 }
 
-/// Whether the pool can launch some catalog family that fits the hinted families and arch.
-fn pool_family_arch_ok(
-    pool: &NodePool,
+/// Whether some catalog family fits the hinted families and arch while passing `family_ok` and,
+/// for one of its architectures, `arch_ok` (the constraints of a pool, a term or a nodeSelector).
+fn catalog_family_arch_fits(
     catalog: &CatalogIndex,
     families: Option<&[String]>,
     arch: Option<&str>,
+    family_ok: impl Fn(&str) -> bool,
+    arch_ok: impl Fn(&str) -> bool,
 ) -> bool {
     if catalog.is_empty() {
         return true;
     }
     let fits = |family: &str, arches: ArchSet| {
-        pool_admits(pool, labels::INSTANCE_FAMILY, family)
+        family_ok(family)
             && arches
                 .iter()
-                .any(|a| arch.is_none_or(|h| h == a) && pool_admits(pool, labels::ARCH, a))
+                .any(|a| arch.is_none_or(|h| h == a) && arch_ok(a))
     };
     match families {
         Some(fs) => fs
@@ -721,6 +796,54 @@ fn pool_family_arch_ok(
             .any(|f| catalog.families.get(f).is_some_and(|a| fits(f, *a))),
         None => catalog.families.iter().any(|(f, a)| fits(f, *a)),
     }
+}
+
+/// Whether the pool can launch some catalog family that fits the hinted families and arch.
+fn pool_family_arch_ok(
+    pool: &NodePool,
+    catalog: &CatalogIndex,
+    families: Option<&[String]>,
+    arch: Option<&str>,
+) -> bool {
+    catalog_family_arch_fits(
+        catalog,
+        families,
+        arch,
+        |f| pool_admits(pool, labels::INSTANCE_FAMILY, f),
+        |a| pool_admits(pool, labels::ARCH, a),
+    )
+}
+
+/// Whether a term constrains the family side (family or instance type) or the arch side.
+fn term_mentions(term: &NodeSelectorTerm, family_side: bool) -> bool {
+    term.match_expressions.iter().flatten().any(|e| {
+        let key = canonical_key(&e.key);
+        if family_side {
+            key == labels::INSTANCE_FAMILY || key == labels::INSTANCE_TYPE
+        } else {
+            key == labels::ARCH
+        }
+    })
+}
+
+/// Whether the term leaves room for a catalog family that fits the family and arch hints. Only
+/// scans the catalog when the term constrains the side the hints do not.
+fn term_family_arch_ok(
+    term: &NodeSelectorTerm,
+    catalog: &CatalogIndex,
+    families: Option<&[String]>,
+    arch: Option<&str>,
+) -> bool {
+    let needed = (families.is_some() && term_mentions(term, false))
+        || (arch.is_some() && term_mentions(term, true));
+    !needed
+        || catalog_family_arch_fits(
+            catalog,
+            families,
+            arch,
+            |f| term_admits_value(term, labels::INSTANCE_FAMILY, f),
+            |a| term_admits_value(term, labels::ARCH, a),
+        )
 }
 
 fn describe_pool_on(pool: &NodePool, label: &str) -> String {

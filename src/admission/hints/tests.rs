@@ -822,3 +822,50 @@ proptest! {
         let _ = decide(&p, true, &ctx(&cat, Some(&ps)));
     }
 }
+
+#[test]
+fn family_and_arch_hints_are_checked_across_keys_against_the_pod() {
+    // The family is arm64-only, the pod pins amd64.
+    let d = deny_of(
+        &[("gantry.dev/instance-family", "m7g")],
+        json!({"nodeSelector": {"kubernetes.io/arch": "amd64"}}),
+        None,
+    );
+    assert_eq!(d.kind, DenialKind::ContradictsPod);
+    assert_eq!(
+        d.to_string(),
+        "placement hint gantry.dev/instance-family=m7g: contradicts the pod's nodeSelector kubernetes.io/arch=amd64: no instance family in the catalog fits both"
+    );
+    // The pod pins an amd64 instance type, the hint asks for arm64.
+    let d = deny_of(
+        &[
+            ("gantry.dev/arch", "arm64"),
+            ("gantry.dev/instance-family", "m7i,m7g"),
+        ],
+        json!({"nodeSelector": {"node.kubernetes.io/instance-type": "m7i.large"}}),
+        None,
+    );
+    assert_eq!(d.kind, DenialKind::ContradictsPod);
+    // Same in required affinity.
+    let d = deny_of(
+        &[("gantry.dev/arch", "amd64")],
+        json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": ["m7g", "c7g"]}]}
+        ]}}}}),
+        None,
+    );
+    assert_eq!(
+        d.to_string(),
+        "placement hint gantry.dev/arch=amd64: contradicts the pod's required node affinity: no instance family in the catalog fits both"
+    );
+    // A compatible mix is admitted.
+    let cat = catalog();
+    let p = pod(
+        &[("gantry.dev/arch", "arm64")],
+        json!({"nodeSelector": {"gantry.dev/instance-family": "m7g"},
+               "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "gantry.dev/instance-family", "operator": "NotIn", "values": ["m7i"]}]}
+        ]}}}}),
+    );
+    mutate(&p, false, &ctx(&cat, None));
+}
