@@ -70,3 +70,47 @@ impl From<&AdmissionArgs> for AdmissionConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        admission: AdmissionArgs,
+    }
+
+    #[test]
+    fn default_flags_give_the_default_config() {
+        let cmd = Cmd::try_parse_from(["gantry"]).unwrap();
+        assert_eq!(
+            AdmissionConfig::from(&cmd.admission),
+            AdmissionConfig::default()
+        );
+    }
+
+    #[test]
+    fn flags_map_onto_the_config() {
+        let cmd = Cmd::try_parse_from([
+            "gantry",
+            "--admission-keep-scheduler-name",
+            "--admission-body-limit-bytes",
+            "1024",
+            "--admission-spot-preferred-weight",
+            "80",
+        ])
+        .unwrap();
+        assert_eq!(
+            AdmissionConfig::from(&cmd.admission),
+            AdmissionConfig {
+                set_scheduler_name: false,
+                body_limit_bytes: 1024,
+                spot_preferred_weight: 80,
+            }
+        );
+        assert!(Cmd::try_parse_from(["gantry", "--admission-spot-preferred-weight", "0"]).is_err());
+    }
+}
