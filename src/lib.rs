@@ -12,6 +12,7 @@
 //! Decisions (`model`, `plan`, and the `decide` parts of `extender`, `admission`, `disruption`)
 //! are pure functions over plain data; adapters translate Kubernetes and EC2 objects into them.
 
+pub mod admission;
 pub mod certs;
 pub mod cli;
 pub mod cloud;
