@@ -56,6 +56,7 @@ pub struct SimStore {
     pub refuse_evictions: BTreeMap<String, u32>,
     index: ClusterIndex,
     seq: u64,
+    dirty: bool,
 }
 
 impl SimStore {
@@ -111,11 +112,35 @@ impl SimCluster {
     pub fn mutate<R>(&self, f: impl FnOnce(&mut SimStore) -> R) -> R {
         let mut s = self.lock();
         let r = f(&mut s);
+        self.publish_locked(&mut s);
+        r
+    }
+
+    /// Applies a change without publishing; readers see it at the next [`SimCluster::flush`].
+    ///
+    /// Binds use this: publishing rebuilds the snapshot, and doing that per bind makes a tick
+    /// that binds n pods cost n². A real scheduler's binds also reach watchers with some lag.
+    pub fn mutate_deferred<R>(&self, f: impl FnOnce(&mut SimStore) -> R) -> R {
+        let mut s = self.lock();
+        let r = f(&mut s);
+        s.dirty = true;
+        r
+    }
+
+    /// Publishes deferred changes, if any.
+    pub fn flush(&self) {
+        let mut s = self.lock();
+        if s.dirty {
+            self.publish_locked(&mut s);
+        }
+    }
+
+    fn publish_locked(&self, s: &mut SimStore) {
         let now = s.now;
         s.index.refresh_reservations(now, self.reservation_window);
         let snap = s.index.snapshot();
         self.shared.publish(snap);
-        r
+        s.dirty = false;
     }
 
     /// Reads the store.
@@ -181,7 +206,7 @@ impl SimCluster {
     /// The pod or node is gone, or the pod is already bound.
     pub fn bind(&self, uid: &str, node: &str) -> Result<(), ClusterError> {
         let ledger = self.ledger.clone();
-        self.mutate(|s| {
+        self.mutate_deferred(|s| {
             if !s.nodes.contains_key(node) {
                 return Err(ClusterError::NotFound(format!("node {node}")));
             }
@@ -209,7 +234,7 @@ impl SimCluster {
     /// Marks a pod unschedulable, as kube-scheduler does when no node fits.
     pub fn mark_unschedulable(&self, uid: &str, message: &str) {
         let ledger = self.ledger.clone();
-        self.mutate(|s| {
+        self.mutate_deferred(|s| {
             let now = s.now;
             let t = s.time();
             if let Some(pod) = s.pods.get_mut(uid) {

@@ -564,6 +564,8 @@ impl SchedulerStandIn {
         if bound_any {
             self.pod_gen += 1;
         }
+        // Binds were deferred; publish them once, as a watch would deliver them.
+        cluster.flush();
         stats
     }
 
