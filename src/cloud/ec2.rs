@@ -205,6 +205,13 @@ impl Ec2Provider {
         Ec2Provider::new(aws_sdk_ec2::Client::from_conf(conf), config)
     }
 
+    /// Shares another provider's catalog caches (types, zones, spot prices), so several
+    /// providers against one account and region load the 1,000-type catalog once.
+    pub fn share_catalog_cache(&mut self, from: &Ec2Provider) {
+        self.types = from.types.clone();
+        self.spot_prices = from.spot_prices.clone();
+    }
+
     /// The configuration it was built with.
     pub fn config(&self) -> &Ec2Config {
         &self.config
