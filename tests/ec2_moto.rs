@@ -2,6 +2,12 @@
 //!
 //! One moto server serves the whole binary; tests isolate themselves by cluster name, VPC,
 //! subnet tags and NodeClass name instead of resetting shared state.
+//!
+//! Needs moto in `.venv` (`scripts/setup-moto.sh`); without it the tests skip loudly, or fail
+//! when `CI=true`.
+
+// A test binary: a failed fixture call should panic the test, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/moto.rs"]
 mod moto;
@@ -505,8 +511,8 @@ async fn terminating_twice_succeeds() {
 async fn catalog_from_moto_types_offerings_and_spot_prices() {
     let Some(url) = moto::url() else { return };
     let proxy = Proxy::start(&url).await;
-    // Its own caches, to count the calls.
-    let ec2 = Ec2Provider::with_static_credentials(config("catalog", &proxy.url), "catalog");
+    // Shares the binary's catalog cache (the 5.9 MB type list is slow to serve and parse).
+    let ec2 = provider("catalog", &proxy.url, "catalog");
     let c = ec2.catalog().await.unwrap();
     assert!(c.types.len() > 500, "{} types", c.types.len());
     let m5 = c.get("m5.large").unwrap();
@@ -533,7 +539,7 @@ async fn catalog_from_moto_types_offerings_and_spot_prices() {
     let before = proxy.log().len();
     ec2.catalog().await.unwrap();
     assert_eq!(proxy.log().len(), before);
-    assert_eq!(proxy.calls("DescribeInstanceTypes").len(), 1);
+    assert!(proxy.calls("DescribeInstanceTypes").len() <= 1);
     // The catalog command renders it.
     let json =
         gantry::cloud::command::render(&c, gantry::cloud::command::OutputFormat::Json).unwrap();
@@ -572,6 +578,7 @@ async fn fleet_capacity_errors_fall_back_to_other_offerings_at_once() {
     assert_eq!(i.instance_type, "m5.xlarge");
     let fleets = e.proxy.calls("CreateFleet");
     assert_eq!(fleets.len(), 2);
+    assert!(fleets[0].faulted && !fleets[1].faulted);
     assert!(
         fleets[1].at.duration_since(fleets[0].at) < Duration::from_millis(500),
         "no wait"

@@ -11,7 +11,8 @@
 //!        throttling / 5xx ─▶ back off with jitter, adopt-check, retry (bounded)
 //! ```
 //!
-//! Calls go through the SDK's adaptive retry (throttling) and a timeout on every attempt, except
+//! Calls go through the SDK's standard retry (throttling and transient errors, exponential
+//! back-off with jitter; adaptive on request) and a timeout on every attempt, except
 //! CreateFleet, whose retries are Gantry's own (see `fleet`): the SDK would retry an HTTP 500
 //! `InsufficientInstanceCapacity` on the same offering instead of falling back.
 
@@ -71,8 +72,12 @@ pub struct Ec2Config {
     pub attempt_timeout: Duration,
     /// Timeout of one call including the SDK's retries.
     pub call_timeout: Duration,
-    /// SDK attempts per call (adaptive retry: throttling and transient errors).
+    /// SDK attempts per call (throttling and transient errors, exponential back-off with jitter).
     pub max_attempts: u32,
+    /// Use the SDK's adaptive retry (a client-side rate limiter) instead of standard retry.
+    /// Off by default: after one throttled burst the limiter drops to its floor of 0.5 requests
+    /// per second at Gantry's low call rate, which stalled calls for 18–20 s in the moto tests.
+    pub adaptive_retry: bool,
     /// First back-off of the SDK's retry and of the launch path's own throttling retry.
     pub initial_backoff: Duration,
     /// How many throttled or transient CreateFleet replies the launch path retries.
@@ -94,6 +99,7 @@ impl Ec2Config {
             attempt_timeout: Duration::from_secs(20),
             call_timeout: Duration::from_secs(60),
             max_attempts: 3,
+            adaptive_retry: false,
             initial_backoff: Duration::from_millis(500),
             launch_retries: 3,
             page_size: 1000,
@@ -110,9 +116,13 @@ impl Ec2Config {
         let mut b = builder
             .region(Region::new(self.region.clone()))
             .retry_config(
-                RetryConfig::adaptive()
-                    .with_max_attempts(self.max_attempts.max(1))
-                    .with_initial_backoff(self.initial_backoff),
+                if self.adaptive_retry {
+                    RetryConfig::adaptive()
+                } else {
+                    RetryConfig::standard()
+                }
+                .with_max_attempts(self.max_attempts.max(1))
+                .with_initial_backoff(self.initial_backoff),
             )
             .timeout_config(
                 TimeoutConfig::builder()
