@@ -150,6 +150,15 @@ async fn env(name: &str) -> Option<Env> {
     })
 }
 
+impl Drop for Env {
+    /// Every test also checks that it used only actions the IAM policy grants.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_policy_covers(&self.proxy);
+        }
+    }
+}
+
 fn req(key: &str, values: &[&str]) -> NodeSelectorRequirementSpec {
     NodeSelectorRequirementSpec {
         key: key.to_string(),
@@ -177,6 +186,25 @@ fn claim(name: &str, types: &[&str], capacity: &[&str]) -> NodeClaim {
         "default".to_string(),
     )]));
     c
+}
+
+/// Every action the provider sent through this proxy is one the IAM policy grants (fixture
+/// set-up calls aside).
+fn assert_policy_covers(proxy: &Proxy) {
+    const FIXTURES: [&str; 4] = [
+        "CreateVpc",
+        "CreateSubnet",
+        "CreateSecurityGroup",
+        "RunInstances",
+    ];
+    for l in proxy.log() {
+        assert!(
+            gantry::cloud::ec2::API_ACTIONS.contains(&l.action.as_str())
+                || FIXTURES.contains(&l.action.as_str()),
+            "{} is not in the IAM policy",
+            l.action
+        );
+    }
 }
 
 async fn instance_tags(ec2: &Ec2Provider, id: &str) -> BTreeMap<String, String> {
@@ -552,6 +580,7 @@ async fn catalog_from_moto_types_offerings_and_spot_prices() {
         .unwrap();
     assert_eq!(row["spot_price"], 0.00001);
     assert_eq!(row["zones"].as_array().unwrap().len(), 5);
+    assert_policy_covers(&proxy);
 }
 
 #[tokio::test]

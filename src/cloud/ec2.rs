@@ -46,6 +46,22 @@ pub const TAG_NODECLAIM_UID: &str = "gantry.dev/nodeclaim-uid";
 /// Tag naming the EC2NodeClass an instance or template was made for.
 pub const TAG_NODECLASS: &str = "gantry.dev/ec2nodeclass";
 
+/// Every EC2 API action the provider calls; `manifests/iam-policy.json` grants exactly these plus
+/// the two that CreateFleet needs implicitly (`RunInstances`, `CreateTags` at creation).
+pub const API_ACTIONS: &[&str] = &[
+    "CreateFleet",
+    "CreateLaunchTemplate",
+    "DescribeImages",
+    "DescribeInstanceTypeOfferings",
+    "DescribeInstanceTypes",
+    "DescribeInstances",
+    "DescribeLaunchTemplates",
+    "DescribeSecurityGroups",
+    "DescribeSpotPriceHistory",
+    "DescribeSubnets",
+    "TerminateInstances",
+];
+
 /// How long types and zones are cached.
 pub const TYPES_TTL: Duration = Duration::from_secs(60 * 60);
 /// How long spot prices are cached.
@@ -463,5 +479,42 @@ impl CloudProvider for Ec2Provider {
         let mut catalog = compose(&types, &spot, &self.config.region);
         self.backoff.apply(&mut catalog, std::time::Instant::now());
         Ok(Arc::new(catalog))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn iam_policy_grants_exactly_the_actions_used() {
+        let text = include_str!("../../manifests/iam-policy.json");
+        let policy: serde_json::Value = serde_json::from_str(text).unwrap();
+        let mut granted = BTreeSet::new();
+        for st in policy["Statement"].as_array().unwrap() {
+            match &st["Action"] {
+                serde_json::Value::String(a) => {
+                    granted.insert(a.clone());
+                }
+                serde_json::Value::Array(list) => {
+                    granted.extend(list.iter().map(|a| a.as_str().unwrap().to_string()));
+                }
+                other => panic!("{other}"),
+            }
+        }
+        let mut expected: BTreeSet<String> =
+            API_ACTIONS.iter().map(|a| format!("ec2:{a}")).collect();
+        expected.insert("ec2:RunInstances".to_string());
+        expected.insert("ec2:CreateTags".to_string());
+        expected.insert("iam:PassRole".to_string());
+        assert_eq!(granted, expected);
+        // Mutating actions carry tag conditions.
+        for st in policy["Statement"].as_array().unwrap() {
+            let sid = st["Sid"].as_str().unwrap();
+            if sid != "GantryLaunchFromSharedResources" {
+                assert!(st.get("Condition").is_some(), "{sid} has no condition");
+            }
+        }
     }
 }
