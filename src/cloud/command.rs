@@ -1,6 +1,7 @@
 //! `gantry catalog`: lists what the cloud sells, so operators can check types, zones and prices
 //! (and that credentials and the endpoint work) before a NodePool depends on them.
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -164,8 +165,13 @@ pub fn run(args: CatalogArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let catalog = rt.block_on(fetch(&args))?;
-    print!("{}", render(&catalog, args.output)?);
-    Ok(())
+    let text = render(&catalog, args.output)?;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `gantry catalog | head` closes the pipe early; that is not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 #[cfg(test)]
