@@ -61,6 +61,9 @@ pub struct Ec2Args {
     /// Timeout of one EC2 call including retries, in seconds.
     #[arg(long, env = "GANTRY_EC2_TIMEOUT_SECONDS", default_value_t = 60)]
     pub ec2_timeout_seconds: u64,
+    /// Use the SDK's adaptive retry (client-side rate limiting) instead of standard retry.
+    #[arg(long, env = "GANTRY_EC2_ADAPTIVE_RETRY")]
+    pub ec2_adaptive_retry: bool,
 }
 
 impl Ec2Args {
@@ -73,6 +76,7 @@ impl Ec2Args {
         c.cluster_cidr = self.cluster_cidr.clone();
         c.call_timeout = std::time::Duration::from_secs(self.ec2_timeout_seconds.max(1));
         c.attempt_timeout = c.attempt_timeout.min(c.call_timeout);
+        c.adaptive_retry = self.ec2_adaptive_retry;
         c
     }
 }
