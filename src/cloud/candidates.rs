@@ -280,4 +280,75 @@ mod tests {
         assert_eq!(types.len(), MAX_INSTANCE_TYPES);
         assert_eq!(attempt.len(), MAX_INSTANCE_TYPES);
     }
+
+    proptest::proptest! {
+        /// Candidates are exactly the allowed, available, usable offerings, cheapest first, and an
+        /// attempt is one capacity type with at most 60 types.
+        #[test]
+        fn candidates_are_complete_sorted_and_allowed(
+            type_idx in proptest::collection::vec(0usize..1095, 0..80),
+            zone_mask in 1u8..64,
+            usable_mask in 0u8..64,
+            cts in 1u8..4,
+            unavailable in proptest::collection::vec(0usize..1095, 0..20),
+        ) {
+            let mut c = Catalog::embedded().unwrap();
+            for i in &unavailable {
+                if let Some(o) = c.types.get_mut(*i).and_then(|t| t.offerings.first_mut()) {
+                    o.available = false;
+                }
+            }
+            let zone_of = |mask: u8| -> Vec<&str> {
+                crate::model::catalog::US_EAST_1_ZONES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, z)| *z)
+                    .collect()
+            };
+            let zones = zone_of(zone_mask);
+            let usable = zone_of(usable_mask);
+            let names: Vec<&str> = type_idx.iter().map(|i| c.types[*i].name.as_str()).collect();
+            let mut ct_values = Vec::new();
+            if cts & 1 != 0 { ct_values.push("spot"); }
+            if cts & 2 != 0 { ct_values.push("on-demand"); }
+            let mut reqs = vec![
+                req(ZONE, "In", &zones),
+                req(CAPACITY_TYPE, "In", &ct_values),
+            ];
+            if !names.is_empty() {
+                reqs.push(req(INSTANCE_TYPE, "In", &names));
+            }
+            let opts = LaunchOptions::from_claim(&claim(reqs));
+            let cands = candidates(&opts, &c, &|z| usable.contains(&z));
+            proptest::prop_assert!(cands.windows(2).all(|w| w[0].price <= w[1].price));
+            for cand in &cands {
+                proptest::prop_assert!(opts.allows(&cand.key));
+                proptest::prop_assert!(usable.contains(&cand.key.zone.as_str()));
+            }
+            let expected = c
+                .types
+                .iter()
+                .filter(|t| names.is_empty() || names.contains(&t.name.as_str()))
+                .flat_map(|t| t.offerings.iter().map(move |o| (t, o)))
+                .filter(|(_, o)| {
+                    o.available
+                        && zones.contains(&o.zone.as_str())
+                        && usable.contains(&o.zone.as_str())
+                        && ct_values.contains(&o.capacity_type.as_str())
+                })
+                .count();
+            proptest::prop_assert_eq!(cands.len(), expected);
+            if let Some(ct) = attempt_capacity_type(&cands) {
+                let attempt = attempt_offerings(&cands, ct);
+                proptest::prop_assert!(!attempt.is_empty());
+                proptest::prop_assert!(attempt.iter().all(|a| a.key.capacity_type == ct));
+                let types: BTreeSet<_> = attempt.iter().map(|a| &a.key.instance_type).collect();
+                proptest::prop_assert!(types.len() <= MAX_INSTANCE_TYPES);
+                if ct == CapacityType::OnDemand {
+                    proptest::prop_assert!(cands.iter().all(|c| c.key.capacity_type == CapacityType::OnDemand));
+                }
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `gantry catalog`: lists what the cloud sells, so operators can check types, zones and prices
 //! (and that credentials and the endpoint work) before a NodePool depends on them.
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -28,18 +29,67 @@ pub enum OutputFormat {
     Json,
 }
 
-/// `gantry catalog`.
+/// Where EC2 is: shared by every command that talks to it.
 #[derive(Debug, Clone, clap::Args)]
-pub struct CatalogArgs {
-    /// Which cloud's catalog to list.
-    #[arg(long, env = "GANTRY_CLOUD", value_enum, default_value_t = CloudKind::Sim)]
-    pub cloud: CloudKind,
+pub struct Ec2EndpointArgs {
     /// EC2 endpoint URL (moto, or a VPC endpoint); the SDK's default when unset.
     #[arg(long, env = "GANTRY_EC2_ENDPOINT")]
     pub ec2_endpoint: Option<String>,
     /// AWS region.
     #[arg(long, env = "GANTRY_REGION", default_value = "us-east-1")]
     pub region: String,
+}
+
+/// Everything the EC2 provider needs to launch nodes; `serve` flattens this into its flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Ec2Args {
+    /// Endpoint and region.
+    #[command(flatten)]
+    pub endpoint: Ec2EndpointArgs,
+    /// EKS cluster name (ownership tag `kubernetes.io/cluster/<name>` and NodeConfig).
+    #[arg(long, env = "GANTRY_CLUSTER_NAME")]
+    pub cluster_name: String,
+    /// API server URL nodes join.
+    #[arg(long, env = "GANTRY_CLUSTER_ENDPOINT")]
+    pub cluster_endpoint: String,
+    /// Cluster CA bundle, base64 PEM as `aws eks describe-cluster` prints it.
+    #[arg(long, env = "GANTRY_CLUSTER_CA")]
+    pub cluster_ca: String,
+    /// Service CIDR, for nodeadm.
+    #[arg(long, env = "GANTRY_CLUSTER_CIDR")]
+    pub cluster_cidr: Option<String>,
+    /// Timeout of one EC2 call including retries, in seconds.
+    #[arg(long, env = "GANTRY_EC2_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub ec2_timeout_seconds: u64,
+    /// Use the SDK's adaptive retry (client-side rate limiting) instead of standard retry.
+    #[arg(long, env = "GANTRY_EC2_ADAPTIVE_RETRY")]
+    pub ec2_adaptive_retry: bool,
+}
+
+impl Ec2Args {
+    /// The provider configuration these flags describe.
+    pub fn config(&self) -> Ec2Config {
+        let mut c = Ec2Config::new(&self.endpoint.region, &self.cluster_name);
+        c.endpoint = self.endpoint.ec2_endpoint.clone();
+        c.cluster_endpoint = self.cluster_endpoint.clone();
+        c.cluster_ca = self.cluster_ca.clone();
+        c.cluster_cidr = self.cluster_cidr.clone();
+        c.call_timeout = std::time::Duration::from_secs(self.ec2_timeout_seconds.max(1));
+        c.attempt_timeout = c.attempt_timeout.min(c.call_timeout);
+        c.adaptive_retry = self.ec2_adaptive_retry;
+        c
+    }
+}
+
+/// `gantry catalog`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CatalogArgs {
+    /// Which cloud's catalog to list.
+    #[arg(long, env = "GANTRY_CLOUD", value_enum, default_value_t = CloudKind::Sim)]
+    pub cloud: CloudKind,
+    /// Endpoint and region (EC2 only).
+    #[command(flatten)]
+    pub endpoint: Ec2EndpointArgs,
     /// Output format.
     #[arg(long, env = "GANTRY_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -148,8 +198,8 @@ pub async fn fetch(args: &CatalogArgs) -> anyhow::Result<Arc<Catalog>> {
     Ok(match args.cloud {
         CloudKind::Sim => SimCloud::embedded(SimConfig::default())?.catalog().await?,
         CloudKind::Ec2 => {
-            let mut config = Ec2Config::new(&args.region, "");
-            config.endpoint = args.ec2_endpoint.clone();
+            let mut config = Ec2Config::new(&args.endpoint.region, "");
+            config.endpoint = args.endpoint.ec2_endpoint.clone();
             Ec2Provider::connect(config).await.catalog().await?
         }
     })
@@ -164,8 +214,13 @@ pub fn run(args: CatalogArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let catalog = rt.block_on(fetch(&args))?;
-    print!("{}", render(&catalog, args.output)?);
-    Ok(())
+    let text = render(&catalog, args.output)?;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `gantry catalog | head` closes the pipe early; that is not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 #[cfg(test)]
@@ -222,7 +277,38 @@ mod tests {
             "json",
         ]);
         assert_eq!(cli.args.cloud, CloudKind::Ec2);
-        assert_eq!(cli.args.region, "us-east-1");
+        assert_eq!(cli.args.endpoint.region, "us-east-1");
+        assert_eq!(
+            cli.args.endpoint.ec2_endpoint.as_deref(),
+            Some("http://127.0.0.1:5000")
+        );
         assert_eq!(cli.args.output, OutputFormat::Json);
+
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            ec2: Ec2Args,
+        }
+        let s = Serve::parse_from([
+            "gantry",
+            "--cluster-name",
+            "prod",
+            "--cluster-endpoint",
+            "https://x",
+            "--cluster-ca",
+            "Q0E=",
+            "--region",
+            "eu-west-1",
+            "--ec2-timeout-seconds",
+            "5",
+        ]);
+        let c = s.ec2.config();
+        assert_eq!(
+            (c.region.as_str(), c.cluster_name.as_str()),
+            ("eu-west-1", "prod")
+        );
+        assert_eq!(c.call_timeout, std::time::Duration::from_secs(5));
+        assert!(c.attempt_timeout <= c.call_timeout);
+        assert!(Serve::try_parse_from(["gantry", "--cluster-name", "prod"]).is_err());
     }
 }

@@ -11,7 +11,8 @@
 //!        throttling / 5xx ─▶ back off with jitter, adopt-check, retry (bounded)
 //! ```
 //!
-//! Calls go through the SDK's adaptive retry (throttling) and a timeout on every attempt, except
+//! Calls go through the SDK's standard retry (throttling and transient errors, exponential
+//! back-off with jitter; adaptive on request) and a timeout on every attempt, except
 //! CreateFleet, whose retries are Gantry's own (see `fleet`): the SDK would retry an HTTP 500
 //! `InsufficientInstanceCapacity` on the same offering instead of falling back.
 
@@ -45,6 +46,22 @@ pub const TAG_NODECLAIM_UID: &str = "gantry.dev/nodeclaim-uid";
 /// Tag naming the EC2NodeClass an instance or template was made for.
 pub const TAG_NODECLASS: &str = "gantry.dev/ec2nodeclass";
 
+/// Every EC2 API action the provider calls; `manifests/iam-policy.json` grants exactly these plus
+/// the two that CreateFleet needs implicitly (`RunInstances`, `CreateTags` at creation).
+pub const API_ACTIONS: &[&str] = &[
+    "CreateFleet",
+    "CreateLaunchTemplate",
+    "DescribeImages",
+    "DescribeInstanceTypeOfferings",
+    "DescribeInstanceTypes",
+    "DescribeInstances",
+    "DescribeLaunchTemplates",
+    "DescribeSecurityGroups",
+    "DescribeSpotPriceHistory",
+    "DescribeSubnets",
+    "TerminateInstances",
+];
+
 /// How long types and zones are cached.
 pub const TYPES_TTL: Duration = Duration::from_secs(60 * 60);
 /// How long spot prices are cached.
@@ -71,8 +88,12 @@ pub struct Ec2Config {
     pub attempt_timeout: Duration,
     /// Timeout of one call including the SDK's retries.
     pub call_timeout: Duration,
-    /// SDK attempts per call (adaptive retry: throttling and transient errors).
+    /// SDK attempts per call (throttling and transient errors, exponential back-off with jitter).
     pub max_attempts: u32,
+    /// Use the SDK's adaptive retry (a client-side rate limiter) instead of standard retry.
+    /// Off by default: after one throttled burst the limiter drops to its floor of 0.5 requests
+    /// per second at Gantry's low call rate, which stalled calls for 18–20 s in the moto tests.
+    pub adaptive_retry: bool,
     /// First back-off of the SDK's retry and of the launch path's own throttling retry.
     pub initial_backoff: Duration,
     /// How many throttled or transient CreateFleet replies the launch path retries.
@@ -94,6 +115,7 @@ impl Ec2Config {
             attempt_timeout: Duration::from_secs(20),
             call_timeout: Duration::from_secs(60),
             max_attempts: 3,
+            adaptive_retry: false,
             initial_backoff: Duration::from_millis(500),
             launch_retries: 3,
             page_size: 1000,
@@ -110,9 +132,13 @@ impl Ec2Config {
         let mut b = builder
             .region(Region::new(self.region.clone()))
             .retry_config(
-                RetryConfig::adaptive()
-                    .with_max_attempts(self.max_attempts.max(1))
-                    .with_initial_backoff(self.initial_backoff),
+                if self.adaptive_retry {
+                    RetryConfig::adaptive()
+                } else {
+                    RetryConfig::standard()
+                }
+                .with_max_attempts(self.max_attempts.max(1))
+                .with_initial_backoff(self.initial_backoff),
             )
             .timeout_config(
                 TimeoutConfig::builder()
@@ -203,6 +229,13 @@ impl Ec2Provider {
             .retry_partition(RetryPartition::new(partition.to_string()))
             .build();
         Ec2Provider::new(aws_sdk_ec2::Client::from_conf(conf), config)
+    }
+
+    /// Shares another provider's catalog caches (types, zones, spot prices), so several
+    /// providers against one account and region load the 1,000-type catalog once.
+    pub fn share_catalog_cache(&mut self, from: &Ec2Provider) {
+        self.types = from.types.clone();
+        self.spot_prices = from.spot_prices.clone();
     }
 
     /// The configuration it was built with.
@@ -446,5 +479,42 @@ impl CloudProvider for Ec2Provider {
         let mut catalog = compose(&types, &spot, &self.config.region);
         self.backoff.apply(&mut catalog, std::time::Instant::now());
         Ok(Arc::new(catalog))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn iam_policy_grants_exactly_the_actions_used() {
+        let text = include_str!("../../manifests/iam-policy.json");
+        let policy: serde_json::Value = serde_json::from_str(text).unwrap();
+        let mut granted = BTreeSet::new();
+        for st in policy["Statement"].as_array().unwrap() {
+            match &st["Action"] {
+                serde_json::Value::String(a) => {
+                    granted.insert(a.clone());
+                }
+                serde_json::Value::Array(list) => {
+                    granted.extend(list.iter().map(|a| a.as_str().unwrap().to_string()));
+                }
+                other => panic!("{other}"),
+            }
+        }
+        let mut expected: BTreeSet<String> =
+            API_ACTIONS.iter().map(|a| format!("ec2:{a}")).collect();
+        expected.insert("ec2:RunInstances".to_string());
+        expected.insert("ec2:CreateTags".to_string());
+        expected.insert("iam:PassRole".to_string());
+        assert_eq!(granted, expected);
+        // Mutating actions carry tag conditions.
+        for st in policy["Statement"].as_array().unwrap() {
+            let sid = st["Sid"].as_str().unwrap();
+            if sid != "GantryLaunchFromSharedResources" {
+                assert!(st.get("Condition").is_some(), "{sid} has no condition");
+            }
+        }
     }
 }

@@ -160,6 +160,14 @@ pub fn launch_template_spec(
     arch: Arch,
 ) -> Result<LaunchTemplateSpec, CloudError> {
     let spec = &node_class.spec;
+    if config.cluster_name.is_empty()
+        || config.cluster_endpoint.is_empty()
+        || config.cluster_ca.is_empty()
+    {
+        return Err(CloudError::Config {
+            reason: "cluster name, endpoint and CA must be set for nodes to join".to_string(),
+        });
+    }
     let ami = resolved.ami_for(arch).ok_or_else(|| CloudError::Config {
         reason: format!("no AMI for architecture {}", arch.as_str()),
     })?;
@@ -451,9 +459,28 @@ mod tests {
         }
     }
 
+    fn config() -> Ec2Config {
+        let mut cfg = Ec2Config::new("us-east-1", "prod");
+        cfg.cluster_endpoint = "https://x.eks.amazonaws.com".to_string();
+        cfg.cluster_ca = "Q0E=".to_string();
+        cfg
+    }
+
     #[test]
     fn spec_hash_is_shared_by_claims_of_a_pool_and_split_by_capacity_type() {
-        let cfg = Ec2Config::new("us-east-1", "prod");
+        let cfg = config();
+        let unset = Ec2Config::new("us-east-1", "prod");
+        assert!(matches!(
+            launch_template_spec(
+                &unset,
+                &EC2NodeClass::new("default", EC2NodeClassSpec::default()),
+                &resolved(),
+                &claim("p"),
+                CapacityType::Spot,
+                Arch::Amd64
+            ),
+            Err(CloudError::Config { .. })
+        ));
         let nc = EC2NodeClass::new("default", EC2NodeClassSpec::default());
         let a = launch_template_spec(
             &cfg,
@@ -517,7 +544,7 @@ mod tests {
 
     #[test]
     fn request_data_encodes_user_data_and_disks() {
-        let cfg = Ec2Config::new("us-east-1", "prod");
+        let cfg = config();
         let nc = EC2NodeClass::new("default", EC2NodeClassSpec::default());
         let spec = launch_template_spec(
             &cfg,

@@ -1,0 +1,911 @@
+//! The EC2 provider against moto's real EC2 server over HTTP, through a fault-injecting proxy.
+//!
+//! One moto server serves the whole binary; tests isolate themselves by cluster name, VPC,
+//! subnet tags and NodeClass name instead of resetting shared state.
+//!
+//! Needs moto in `.venv` (`scripts/setup-moto.sh`); without it the tests skip loudly, or fail
+//! when `CI=true`.
+
+// A test binary: a failed fixture call should panic the test, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/moto.rs"]
+mod moto;
+#[path = "support/proxy.rs"]
+mod proxy;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use gantry::cloud::ec2::{Ec2Config, Ec2Provider, TAG_NODECLAIM_UID};
+use gantry::cloud::{CloudError, CloudProvider, InstanceState};
+use gantry::kube::crd::{
+    AmiSelectorTerm, EC2NodeClass, EC2NodeClassSpec, NodeClaim, NodeClaimSpec,
+    NodeSelectorRequirementSpec, SecurityGroupSelectorTerm, SubnetSelectorTerm,
+};
+use gantry::model::labels::{CAPACITY_TYPE, INSTANCE_TYPE, NODECLAIM, NODEPOOL, ZONE};
+use gantry::model::{CapacityType, OfferingKey};
+use proxy::{Fault, Proxy};
+
+const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
+
+/// Catalog caches shared by every test's provider, so the 5.9 MB type list is parsed once.
+fn shared_catalog() -> &'static Ec2Provider {
+    static DONOR: OnceLock<Ec2Provider> = OnceLock::new();
+    DONOR.get_or_init(|| {
+        Ec2Provider::with_static_credentials(Ec2Config::new("us-east-1", "donor"), "donor")
+    })
+}
+
+struct Env {
+    name: String,
+    proxy: Proxy,
+    ec2: Ec2Provider,
+    node_class: EC2NodeClass,
+    subnets: Vec<(String, String)>,
+    security_group: String,
+}
+
+fn config(name: &str, endpoint: &str) -> Ec2Config {
+    let mut cfg = Ec2Config::new("us-east-1", name);
+    cfg.endpoint = Some(endpoint.to_string());
+    cfg.cluster_endpoint = "https://example.gr7.us-east-1.eks.amazonaws.com".to_string();
+    cfg.cluster_ca = "Q0E=".to_string();
+    cfg.initial_backoff = Duration::from_millis(20);
+    cfg.page_size = 5;
+    cfg
+}
+
+fn provider(name: &str, endpoint: &str, partition: &str) -> Ec2Provider {
+    let mut p = Ec2Provider::with_static_credentials(config(name, endpoint), partition);
+    p.share_catalog_cache(shared_catalog());
+    p
+}
+
+fn discovery(name: &str, resource: ResourceType) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(resource)
+        .tags(
+            Tag::builder()
+                .key("gantry.dev/discovery")
+                .value(name)
+                .build(),
+        )
+        .build()
+}
+
+/// A proxy, a provider, and a VPC with three tagged subnets and a tagged security group.
+async fn env(name: &str) -> Option<Env> {
+    let url = moto::url()?;
+    let proxy = Proxy::start(&url).await;
+    let ec2 = provider(name, &proxy.url, name);
+    let c = ec2.client();
+    let vpc = c
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc
+        .unwrap()
+        .vpc_id
+        .unwrap();
+    let mut subnets = Vec::new();
+    for (i, z) in ZONES.iter().enumerate() {
+        let s = c
+            .create_subnet()
+            .vpc_id(&vpc)
+            .cidr_block(format!("10.0.{i}.0/24"))
+            .availability_zone(*z)
+            .tag_specifications(discovery(name, ResourceType::Subnet))
+            .send()
+            .await
+            .unwrap()
+            .subnet
+            .unwrap();
+        subnets.push((z.to_string(), s.subnet_id.unwrap()));
+    }
+    let security_group = c
+        .create_security_group()
+        .group_name(format!("{name}-nodes"))
+        .description("gantry test nodes")
+        .vpc_id(&vpc)
+        .tag_specifications(discovery(name, ResourceType::SecurityGroup))
+        .send()
+        .await
+        .unwrap()
+        .group_id
+        .unwrap();
+    let tag = BTreeMap::from([("gantry.dev/discovery".to_string(), name.to_string())]);
+    let node_class = EC2NodeClass::new(
+        name,
+        EC2NodeClassSpec {
+            subnet_selector_terms: vec![SubnetSelectorTerm {
+                tags: tag.clone(),
+                id: None,
+            }],
+            security_group_selector_terms: vec![SecurityGroupSelectorTerm {
+                tags: tag,
+                ..Default::default()
+            }],
+            ami_selector_terms: vec![AmiSelectorTerm {
+                name: Some("al2023-ami-2023*-kernel-6.1-*".to_string()),
+                owner: Some("amazon".to_string()),
+                ..Default::default()
+            }],
+            instance_profile: Some("GantryNodeProfile".to_string()),
+            tags: BTreeMap::from([("team".to_string(), "platform".to_string())]),
+            ..Default::default()
+        },
+    );
+    Some(Env {
+        name: name.to_string(),
+        proxy,
+        ec2,
+        node_class,
+        subnets,
+        security_group,
+    })
+}
+
+impl Drop for Env {
+    /// Every test also checks that it used only actions the IAM policy grants.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_policy_covers(&self.proxy);
+        }
+    }
+}
+
+fn req(key: &str, values: &[&str]) -> NodeSelectorRequirementSpec {
+    NodeSelectorRequirementSpec {
+        key: key.to_string(),
+        operator: "In".to_string(),
+        values: values.iter().map(|v| v.to_string()).collect(),
+        min_values: None,
+    }
+}
+
+fn claim(name: &str, types: &[&str], capacity: &[&str]) -> NodeClaim {
+    let mut c = NodeClaim::new(
+        name,
+        NodeClaimSpec {
+            requirements: vec![
+                req(INSTANCE_TYPE, types),
+                req(ZONE, &ZONES),
+                req(CAPACITY_TYPE, capacity),
+            ],
+            ..Default::default()
+        },
+    );
+    c.metadata.uid = Some(format!("5f0c1a2e-0000-4000-8000-{:0>12}", name.len()) + name);
+    c.metadata.labels = Some(BTreeMap::from([(
+        NODEPOOL.to_string(),
+        "default".to_string(),
+    )]));
+    c
+}
+
+/// Every action the provider sent through this proxy is one the IAM policy grants (fixture
+/// set-up calls aside).
+fn assert_policy_covers(proxy: &Proxy) {
+    const FIXTURES: [&str; 4] = [
+        "CreateVpc",
+        "CreateSubnet",
+        "CreateSecurityGroup",
+        "RunInstances",
+    ];
+    for l in proxy.log() {
+        assert!(
+            gantry::cloud::ec2::API_ACTIONS.contains(&l.action.as_str())
+                || FIXTURES.contains(&l.action.as_str()),
+            "{} is not in the IAM policy",
+            l.action
+        );
+    }
+}
+
+async fn instance_tags(ec2: &Ec2Provider, id: &str) -> BTreeMap<String, String> {
+    let out = ec2
+        .client()
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+    out.reservations()[0].instances()[0]
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn nodeclass_resolution_by_tags_ids_and_names() {
+    let Some(e) = env("resolve").await else {
+        return;
+    };
+    let r = e.ec2.resolve_node_class(&e.node_class).await.unwrap();
+    let status = r.status();
+    let mut zones: Vec<_> = status.subnets.iter().map(|s| s.zone.clone()).collect();
+    zones.sort();
+    assert_eq!(zones, ZONES);
+    assert_eq!(status.security_groups.len(), 1);
+    assert_eq!(status.security_groups[0].id, e.security_group);
+    assert_eq!(
+        status.security_groups[0].name.as_deref(),
+        Some("resolve-nodes")
+    );
+    let archs: Vec<_> = status
+        .amis
+        .iter()
+        .map(|a| a.arch.clone().unwrap())
+        .collect();
+    assert!(archs.contains(&"amd64".to_string()) && archs.contains(&"arm64".to_string()));
+    assert!(
+        status
+            .amis
+            .iter()
+            .all(|a| a.name.as_deref().unwrap().starts_with("al2023-ami-"))
+    );
+    assert_eq!(
+        status.instance_profile.as_deref(),
+        Some("GantryNodeProfile")
+    );
+    assert_eq!(r.subnet_per_zone().len(), 3);
+
+    // By id and by name.
+    let mut by_id = e.node_class.clone();
+    by_id.spec.subnet_selector_terms = vec![SubnetSelectorTerm {
+        tags: BTreeMap::new(),
+        id: Some(e.subnets[1].1.clone()),
+    }];
+    by_id.spec.security_group_selector_terms = vec![SecurityGroupSelectorTerm {
+        name: Some("resolve-nodes".to_string()),
+        ..Default::default()
+    }];
+    let r = e.ec2.resolve_node_class(&by_id).await.unwrap();
+    assert_eq!(r.subnets.len(), 1);
+    assert_eq!(r.subnets[0].subnet.zone, "us-east-1b");
+    assert_eq!(r.security_groups[0].id, e.security_group);
+
+    // A selector matching nothing is a configuration error that names it.
+    let mut bad = e.node_class.clone();
+    bad.spec.subnet_selector_terms[0]
+        .tags
+        .insert("gantry.dev/discovery".to_string(), "nobody".to_string());
+    match e.ec2.resolve_node_class(&bad).await {
+        Err(CloudError::Config { reason }) => {
+            assert!(
+                reason.contains("subnetSelectorTerms") && reason.contains("nobody"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut bad = e.node_class.clone();
+    bad.spec.ami_selector_terms[0].name = Some("no-such-image-*".to_string());
+    match e.ec2.resolve_node_class(&bad).await {
+        Err(CloudError::Config { reason }) => {
+            assert!(
+                reason.contains("amiSelectorTerms") && reason.contains("no-such-image"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut bad = e.node_class.clone();
+    bad.spec.security_group_selector_terms[0].id = Some("sg-00000000000000000".to_string());
+    bad.spec.security_group_selector_terms[0].tags.clear();
+    assert!(matches!(
+        e.ec2.resolve_node_class(&bad).await,
+        Err(CloudError::Config { .. })
+    ));
+}
+
+#[tokio::test]
+async fn launch_template_is_created_once_and_reused() {
+    let Some(e) = env("ltreuse").await else {
+        return;
+    };
+    let a = e
+        .ec2
+        .create(&claim("lt-a", &["m5.large"], &["on-demand"]), &e.node_class)
+        .await
+        .unwrap();
+    let b = e
+        .ec2
+        .create(&claim("lt-b", &["m5.large"], &["on-demand"]), &e.node_class)
+        .await
+        .unwrap();
+    assert_ne!(a.instance_id, b.instance_id);
+    assert_eq!(e.proxy.calls("CreateLaunchTemplate").len(), 1);
+    // A restarted provider (empty caches) finds the template by name instead of creating another.
+    let fresh = provider(&e.name, &e.proxy.url, "ltreuse-2");
+    fresh
+        .create(&claim("lt-c", &["m5.large"], &["on-demand"]), &e.node_class)
+        .await
+        .unwrap();
+    assert_eq!(e.proxy.calls("CreateLaunchTemplate").len(), 1);
+    let lts = e
+        .ec2
+        .client()
+        .describe_launch_templates()
+        .filters(
+            Filter::builder()
+                .name("tag:gantry.dev/ec2nodeclass")
+                .values("ltreuse")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lts.launch_templates().len(), 1);
+    let name = lts.launch_templates()[0].launch_template_name().unwrap();
+    assert!(name.starts_with("gantry/ltreuse/"), "{name}");
+    // A spot launch needs its own template (capacity type is in the node labels).
+    e.ec2
+        .create(&claim("lt-d", &["m5.large"], &["spot"]), &e.node_class)
+        .await
+        .unwrap();
+    assert_eq!(e.proxy.calls("CreateLaunchTemplate").len(), 2);
+    let created = &e.proxy.calls("CreateLaunchTemplate")[0];
+    let ud = created.params.get("LaunchTemplateData.UserData").unwrap();
+    use base64::Engine as _;
+    let ud = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(ud)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        ud.contains("kind: NodeConfig") && ud.contains("name: ltreuse"),
+        "{ud}"
+    );
+    assert!(ud.contains("gantry.dev/unregistered") && ud.contains("gantry.dev/initializing"));
+    assert!(ud.contains("gantry.dev/nodepool=default"));
+}
+
+#[tokio::test]
+async fn create_fleet_spot_and_on_demand_with_tags_and_token() {
+    let Some(e) = env("fleet").await else { return };
+    let spot_claim = claim(
+        "fleet-spot",
+        &["m5.large", "m5.xlarge"],
+        &["spot", "on-demand"],
+    );
+    let spot = e.ec2.create(&spot_claim, &e.node_class).await.unwrap();
+    assert_eq!(spot.capacity_type, CapacityType::Spot);
+    assert!(["m5.large", "m5.xlarge"].contains(&spot.instance_type.as_str()));
+    assert!(ZONES.contains(&spot.zone.as_str()));
+    assert_eq!(
+        spot.provider_id,
+        format!("aws:///{}/{}", spot.zone, spot.instance_id)
+    );
+    assert_eq!(spot.nodeclaim.as_deref(), Some("fleet-spot"));
+
+    let fleets = e.proxy.calls("CreateFleet");
+    assert_eq!(fleets.len(), 1);
+    let p = &fleets[0].params;
+    assert_eq!(p["Type"], "instant");
+    assert_eq!(p["ClientToken"], *spot_claim.metadata.uid.as_ref().unwrap());
+    assert_eq!(p["TargetCapacitySpecification.TotalTargetCapacity"], "1");
+    assert_eq!(
+        p["TargetCapacitySpecification.DefaultTargetCapacityType"],
+        "spot"
+    );
+    assert_eq!(
+        p["SpotOptions.AllocationStrategy"],
+        "price-capacity-optimized"
+    );
+    // Two types × three zones, priorities in order.
+    let overrides: Vec<_> = p.keys().filter(|k| k.ends_with(".InstanceType")).collect();
+    assert_eq!(overrides.len(), 6);
+    let kinds: Vec<_> = (1..=3)
+        .map(|i| p[&format!("TagSpecification.{i}.ResourceType")].clone())
+        .collect();
+    assert_eq!(kinds, vec!["instance", "volume", "fleet"]);
+
+    let tags = instance_tags(&e.ec2, &spot.instance_id).await;
+    assert_eq!(tags[NODECLAIM], "fleet-spot");
+    assert_eq!(
+        tags[TAG_NODECLAIM_UID],
+        *spot_claim.metadata.uid.as_ref().unwrap()
+    );
+    assert_eq!(tags[NODEPOOL], "default");
+    assert_eq!(tags["kubernetes.io/cluster/fleet"], "owned");
+    assert_eq!(tags["Name"], "default/fleet-spot");
+    assert_eq!(tags["team"], "platform");
+
+    let od = e
+        .ec2
+        .create(
+            &claim("fleet-od", &["c5.large"], &["on-demand"]),
+            &e.node_class,
+        )
+        .await
+        .unwrap();
+    assert_eq!(od.capacity_type, CapacityType::OnDemand);
+    assert_eq!(od.instance_type, "c5.large");
+    let p = &e.proxy.calls("CreateFleet")[1].params;
+    assert_eq!(p["OnDemandOptions.AllocationStrategy"], "lowest-price");
+    assert_eq!(
+        p["TargetCapacitySpecification.DefaultTargetCapacityType"],
+        "on-demand"
+    );
+    let got = e.ec2.get(&od.provider_id).await.unwrap();
+    assert_eq!(got.instance_type, "c5.large");
+    assert_eq!(got.nodeclaim.as_deref(), Some("fleet-od"));
+    assert!(got.state.is_alive());
+}
+
+#[tokio::test]
+async fn retry_after_crash_adopts_the_tagged_instance() {
+    let Some(e) = env("adopt").await else { return };
+    let c = claim("adopt-1", &["m5.large"], &["on-demand"]);
+    let first = e.ec2.create(&c, &e.node_class).await.unwrap();
+    // The process "crashed" before recording the result: a new provider retries the claim.
+    let restarted = provider(&e.name, &e.proxy.url, "adopt-2");
+    let again = restarted.create(&c, &e.node_class).await.unwrap();
+    assert_eq!(again.instance_id, first.instance_id);
+    assert_eq!(e.proxy.calls("CreateFleet").len(), 1, "no second launch");
+    assert_eq!(restarted.list().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn list_pages_through_owned_instances_and_gc_terminates_them() {
+    let Some(e) = env("listgc").await else { return };
+    let mut launched = Vec::new();
+    for i in 0..7 {
+        let i = e
+            .ec2
+            .create(
+                &claim(&format!("gc-{i}"), &["t3.micro"], &["on-demand"]),
+                &e.node_class,
+            )
+            .await
+            .unwrap();
+        launched.push(i.instance_id);
+    }
+    // An instance this cluster does not own.
+    e.ec2
+        .client()
+        .run_instances()
+        .image_id("ami-03c3da4cfa8e8943a")
+        .instance_type("t3.micro".into())
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&e.subnets[0].1)
+        .send()
+        .await
+        .unwrap();
+    let listed = e.ec2.list().await.unwrap();
+    let mut ids: Vec<_> = listed.iter().map(|i| i.instance_id.clone()).collect();
+    ids.sort();
+    launched.sort();
+    assert_eq!(ids, launched);
+    let pages = e.proxy.calls("DescribeInstances");
+    let last_list: Vec<_> = pages
+        .iter()
+        .rev()
+        .take_while(|c| c.params.contains_key("NextToken"))
+        .collect();
+    assert!(
+        !last_list.is_empty(),
+        "7 instances at page size 5 take two pages"
+    );
+    // GC: no NodeClaim owns them any more.
+    for i in &listed {
+        e.ec2.delete(&i.provider_id).await.unwrap();
+    }
+    assert!(e.ec2.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn terminating_twice_succeeds() {
+    let Some(e) = env("term").await else { return };
+    let i = e
+        .ec2
+        .create(
+            &claim("term-1", &["m5.large"], &["on-demand"]),
+            &e.node_class,
+        )
+        .await
+        .unwrap();
+    e.ec2.delete(&i.provider_id).await.unwrap();
+    e.ec2.delete(&i.provider_id).await.unwrap();
+    assert!(matches!(
+        e.ec2.get(&i.provider_id).await,
+        Err(CloudError::NotFound(_))
+    ));
+    // Never existed: still success.
+    e.ec2
+        .delete("aws:///us-east-1a/i-0123456789abcdef0")
+        .await
+        .unwrap();
+    assert!(matches!(
+        e.ec2.get("aws:///us-east-1a/i-0123456789abcdef0").await,
+        Err(CloudError::NotFound(_))
+    ));
+    assert!(matches!(
+        e.ec2.delete("not-a-provider-id").await,
+        Err(CloudError::Config { .. })
+    ));
+}
+
+#[tokio::test]
+async fn catalog_from_moto_types_offerings_and_spot_prices() {
+    let Some(url) = moto::url() else { return };
+    let proxy = Proxy::start(&url).await;
+    // Shares the binary's catalog cache (the 5.9 MB type list is slow to serve and parse).
+    let ec2 = provider("catalog", &proxy.url, "catalog");
+    let c = ec2.catalog().await.unwrap();
+    assert!(c.types.len() > 500, "{} types", c.types.len());
+    let m5 = c.get("m5.large").unwrap();
+    assert_eq!((m5.vcpu, m5.memory_mib, m5.max_pods), (2, 8192, 29));
+    assert_eq!(m5.on_demand_price, 0.096);
+    let zones: std::collections::BTreeSet<_> =
+        m5.offerings.iter().map(|o| o.zone.as_str()).collect();
+    assert!(
+        zones.contains("us-east-1a") && !zones.contains("us-east-1e"),
+        "{zones:?}"
+    );
+    let spot = m5
+        .offerings
+        .iter()
+        .find(|o| o.capacity_type == CapacityType::Spot)
+        .unwrap();
+    assert_eq!(
+        spot.price, 0.00001,
+        "moto's (fake) spot price history is used"
+    );
+    assert!(c.types.iter().any(|t| t.arch == gantry::model::Arch::Arm64));
+    assert!(c.types.iter().any(|t| t.gpus > 0));
+    // Cached: a second call makes no EC2 calls.
+    let before = proxy.log().len();
+    ec2.catalog().await.unwrap();
+    assert_eq!(proxy.log().len(), before);
+    assert!(proxy.calls("DescribeInstanceTypes").len() <= 1);
+    // The catalog command renders it.
+    let json =
+        gantry::cloud::command::render(&c, gantry::cloud::command::OutputFormat::Json).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "m5.large")
+        .unwrap();
+    assert_eq!(row["spot_price"], 0.00001);
+    assert_eq!(row["zones"].as_array().unwrap().len(), 5);
+    assert_policy_covers(&proxy);
+}
+
+#[tokio::test]
+async fn fleet_capacity_errors_fall_back_to_other_offerings_at_once() {
+    let Some(e) = env("ice").await else { return };
+    // Real EC2's reply when the m5.large pools are dry: HTTP 200, Errors[], no instance.
+    e.proxy.fail(
+        "CreateFleet",
+        Fault::FleetErrors {
+            code: "InsufficientInstanceCapacity",
+            fail_types: Some(vec!["m5.large".to_string()]),
+            launch: false,
+        },
+        1,
+    );
+    let i = e
+        .ec2
+        .create(
+            &claim("ice-1", &["m5.large", "m5.xlarge"], &["spot"]),
+            &e.node_class,
+        )
+        .await
+        .unwrap();
+    assert_eq!(i.instance_type, "m5.xlarge");
+    let fleets = e.proxy.calls("CreateFleet");
+    assert_eq!(fleets.len(), 2);
+    assert!(fleets[0].faulted && !fleets[1].faulted);
+    // Sent at once: no back-off sleep and no adoption check in between (a retry would do both).
+    let between: Vec<_> = e
+        .proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.at > fleets[0].at && l.at < fleets[1].at)
+        .map(|l| l.action)
+        .collect();
+    assert!(
+        !between.contains(&"DescribeInstances".to_string()),
+        "{between:?}"
+    );
+    assert!(!fleets[1].params.values().any(|v| v == "m5.large"));
+    assert_ne!(
+        fleets[0].params["ClientToken"],
+        fleets[1].params["ClientToken"]
+    );
+    let now = std::time::Instant::now();
+    for z in ZONES {
+        let k = OfferingKey {
+            instance_type: "m5.large".to_string(),
+            zone: z.to_string(),
+            capacity_type: CapacityType::Spot,
+        };
+        assert!(e.ec2.backoff().is_backed_off(&k, now), "{k}");
+    }
+    let cat = e.ec2.catalog().await.unwrap();
+    let m5 = cat.get("m5.large").unwrap();
+    assert!(
+        m5.offerings
+            .iter()
+            .filter(|o| o.capacity_type == CapacityType::Spot && ZONES.contains(&o.zone.as_str()))
+            .all(|o| !o.available)
+    );
+}
+
+#[tokio::test]
+async fn capacity_error_reply_is_not_retried_by_the_sdk_and_falls_back_to_on_demand() {
+    let Some(e) = env("ice500").await else { return };
+    // An HTTP 500 InsufficientInstanceCapacity: the SDK's standard retry would resend it.
+    e.proxy.fail(
+        "CreateFleet",
+        Fault::Error {
+            status: 500,
+            code: "InsufficientInstanceCapacity",
+        },
+        1,
+    );
+    let i = e
+        .ec2
+        .create(
+            &claim("ice500-1", &["c5.large"], &["spot", "on-demand"]),
+            &e.node_class,
+        )
+        .await
+        .unwrap();
+    assert_eq!(i.capacity_type, CapacityType::OnDemand);
+    let fleets = e.proxy.calls("CreateFleet");
+    assert_eq!(fleets.len(), 2, "one failed spot request, one on-demand");
+    assert_eq!(
+        fleets[0].params["TargetCapacitySpecification.DefaultTargetCapacityType"],
+        "spot"
+    );
+    assert_eq!(
+        fleets[1].params["TargetCapacitySpecification.DefaultTargetCapacityType"],
+        "on-demand"
+    );
+}
+
+#[tokio::test]
+async fn partial_fleet_success_keeps_the_instance_and_backs_off_the_failures() {
+    let Some(e) = env("partial").await else {
+        return;
+    };
+    e.proxy.fail(
+        "CreateFleet",
+        Fault::FleetErrors {
+            code: "InsufficientInstanceCapacity",
+            fail_types: Some(vec!["m5.xlarge".to_string()]),
+            launch: true,
+        },
+        1,
+    );
+    let i = e
+        .ec2
+        .create(
+            &claim("partial-1", &["m5.large", "m5.xlarge"], &["on-demand"]),
+            &e.node_class,
+        )
+        .await
+        .unwrap();
+    assert_eq!(i.instance_type, "m5.large");
+    assert_eq!(e.proxy.calls("CreateFleet").len(), 1);
+    let held = e.ec2.backoff().backed_off(std::time::Instant::now());
+    assert_eq!(held.len(), 3, "{held:?}");
+    assert!(
+        held.iter()
+            .all(|k| k.instance_type == "m5.xlarge" && k.capacity_type == CapacityType::OnDemand)
+    );
+}
+
+#[tokio::test]
+async fn exhausted_capacity_is_insufficient_capacity_and_stays_backed_off() {
+    let Some(e) = env("dry").await else { return };
+    e.proxy.fail(
+        "CreateFleet",
+        Fault::FleetErrors {
+            code: "UnfulfillableCapacity",
+            fail_types: None,
+            launch: false,
+        },
+        10,
+    );
+    match e
+        .ec2
+        .create(&claim("dry-1", &["m5.large"], &["spot"]), &e.node_class)
+        .await
+    {
+        Err(CloudError::InsufficientCapacity { offerings }) => assert_eq!(offerings.len(), 3),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.proxy.calls("CreateFleet").len(), 1);
+    // Asking again within the back-off does not call EC2 at all.
+    match e
+        .ec2
+        .create(&claim("dry-2", &["m5.large"], &["spot"]), &e.node_class)
+        .await
+    {
+        Err(CloudError::InsufficientCapacity { offerings }) => assert_eq!(offerings.len(), 3),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.proxy.calls("CreateFleet").len(), 1);
+}
+
+#[tokio::test]
+async fn throttling_is_retried_with_backoff() {
+    let Some(e) = env("throttle").await else {
+        return;
+    };
+    e.proxy.fail(
+        "CreateFleet",
+        Fault::Error {
+            status: 503,
+            code: "RequestLimitExceeded",
+        },
+        2,
+    );
+    let i = e
+        .ec2
+        .create(
+            &claim("throttle-1", &["m5.large"], &["on-demand"]),
+            &e.node_class,
+        )
+        .await
+        .unwrap();
+    assert_eq!(i.instance_type, "m5.large");
+    let fleets = e.proxy.calls("CreateFleet");
+    assert_eq!(fleets.len(), 3);
+    // Back-off with jitter: at least half of 20 ms, then of 40 ms.
+    assert!(fleets[1].at.duration_since(fleets[0].at) >= Duration::from_millis(10));
+    assert!(fleets[2].at.duration_since(fleets[1].at) >= Duration::from_millis(20));
+    // Same request, same token.
+    assert!(
+        fleets
+            .iter()
+            .all(|f| f.params["ClientToken"] == fleets[0].params["ClientToken"])
+    );
+
+    // Read calls: the SDK's adaptive retry absorbs a short burst…
+    e.proxy.fail(
+        "DescribeInstances",
+        Fault::Error {
+            status: 503,
+            code: "RequestLimitExceeded",
+        },
+        2,
+    );
+    assert_eq!(e.ec2.list().await.unwrap().len(), 1);
+    // …and a long one surfaces as Throttled.
+    e.proxy.fail(
+        "DescribeInstances",
+        Fault::Error {
+            status: 503,
+            code: "RequestLimitExceeded",
+        },
+        5,
+    );
+    assert!(matches!(e.ec2.list().await, Err(CloudError::Throttled)));
+    // Launch throttling beyond the retry budget surfaces too, without leaking an instance.
+    e.proxy.fail(
+        "CreateFleet",
+        Fault::Error {
+            status: 503,
+            code: "RequestLimitExceeded",
+        },
+        10,
+    );
+    assert!(matches!(
+        e.ec2
+            .create(
+                &claim("throttle-2", &["m5.large"], &["on-demand"]),
+                &e.node_class
+            )
+            .await,
+        Err(CloudError::Throttled)
+    ));
+}
+
+#[tokio::test]
+async fn errors_are_classified() {
+    let Some(e) = env("classify").await else {
+        return;
+    };
+    // A bare 500 is transient: retried after an adoption check, launched once.
+    e.proxy.fail("CreateFleet", Fault::Bare500, 1);
+    let i = e
+        .ec2
+        .create(
+            &claim("cls-1", &["m5.large"], &["on-demand"]),
+            &e.node_class,
+        )
+        .await
+        .unwrap();
+    assert_eq!(i.state, InstanceState::Pending);
+    let actions: Vec<_> = e
+        .proxy
+        .log()
+        .into_iter()
+        .map(|l| l.action)
+        .filter(|a| a == "CreateFleet" || a == "DescribeInstances")
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "DescribeInstances",
+            "CreateFleet",
+            "DescribeInstances",
+            "CreateFleet"
+        ],
+        "adoption check before the launch and before the retry"
+    );
+    // A request EC2 rejects is a configuration error, not retried.
+    e.proxy.fail(
+        "CreateFleet",
+        Fault::Error {
+            status: 400,
+            code: "InvalidParameterValue",
+        },
+        1,
+    );
+    let before = e.proxy.calls("CreateFleet").len();
+    assert!(matches!(
+        e.ec2
+            .create(
+                &claim("cls-2", &["m5.large"], &["on-demand"]),
+                &e.node_class
+            )
+            .await,
+        Err(CloudError::Config { .. })
+    ));
+    assert_eq!(e.proxy.calls("CreateFleet").len(), before + 1);
+    // A fleet-level non-capacity error with no instance is a configuration error too.
+    e.proxy.fail(
+        "CreateFleet",
+        Fault::FleetErrors {
+            code: "InvalidLaunchTemplateId.NotFound",
+            fail_types: None,
+            launch: false,
+        },
+        1,
+    );
+    assert!(matches!(
+        e.ec2
+            .create(
+                &claim("cls-3", &["m5.large"], &["on-demand"]),
+                &e.node_class
+            )
+            .await,
+        Err(CloudError::Config { .. })
+    ));
+    // Permission errors on terminate are configuration errors.
+    e.proxy.fail(
+        "TerminateInstances",
+        Fault::Error {
+            status: 403,
+            code: "UnauthorizedOperation",
+        },
+        1,
+    );
+    assert!(matches!(
+        e.ec2.delete(&i.provider_id).await,
+        Err(CloudError::Config { .. })
+    ));
+    // A claim whose types exist nowhere in the NodeClass's zones is a configuration error.
+    assert!(matches!(
+        e.ec2
+            .create(&claim("cls-4", &["no.such"], &["on-demand"]), &e.node_class)
+            .await,
+        Err(CloudError::Config { .. })
+    ));
+}
