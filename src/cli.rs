@@ -114,6 +114,9 @@ pub struct ServeArgs {
     /// How long an unschedulable pod stays in the demand ledger without being seen again.
     #[arg(long, env = "GANTRY_DEMAND_TTL", default_value = "10m", value_parser = parse_duration)]
     pub demand_ttl: Duration,
+    /// The admission webhook's settings.
+    #[command(flatten)]
+    pub admission: crate::admission::AdmissionArgs,
 }
 
 impl ServeArgs {
@@ -158,6 +161,7 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             cert_reload_interval: self.cert_reload_interval,
             demand_ttl: self.demand_ttl,
+            admission: crate::admission::AdmissionConfig::from(&self.admission),
         })
     }
 }

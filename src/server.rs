@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub cert_reload_interval: Duration,
     /// How long a pending pod stays in the demand ledger without being seen again.
     pub demand_ttl: Duration,
+    /// The admission webhook's settings.
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 /// Why the server could not start.
@@ -76,6 +78,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Readiness inputs.
     pub readiness: Arc<Readiness>,
+    /// NodePools for the admission webhook; `None` until the NodePool watch has synced.
+    pub nodepools: crate::admission::routes::NodePoolSnapshot,
+    /// How long after Initialized a node keeps room for the pods it was launched for.
+    pub reservation_window: Duration,
 }
 
 impl AppState {
@@ -86,6 +92,8 @@ impl AppState {
             ledger: DemandLedger::new(demand_ttl, 1_000_000),
             metrics: Arc::new(Metrics::new()),
             readiness: Arc::new(Readiness::new()),
+            nodepools: crate::admission::routes::AdmissionState::unsynced_node_pools(),
+            reservation_window: Duration::from_secs(120),
         }
     }
 }
@@ -196,12 +204,26 @@ pub async fn run(config: ServeConfig, extra_routes: Option<Router>) -> Result<()
         }
     });
 
-    let router = https_router(
-        &app,
-        config.limits,
-        config.tls.client_ca.is_some(),
-        extra_routes,
-    );
+    // The admission webhook shares the port; it checks hints against the embedded catalog and
+    // the NodePools the watch keeps in `app.nodepools`.
+    let admission = match crate::model::Catalog::embedded() {
+        Ok(catalog) => Some(crate::admission::routes::router(
+            crate::admission::routes::AdmissionState::new(
+                config.admission.clone(),
+                app.nodepools.clone(),
+                &catalog,
+            ),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "embedded catalog unreadable; admission webhook disabled");
+            None
+        }
+    };
+    let extra = match (admission, extra_routes) {
+        (Some(a), Some(b)) => Some(a.merge(b)),
+        (a, b) => a.or(b),
+    };
+    let router = https_router(&app, config.limits, config.tls.client_ca.is_some(), extra);
     let https_task = tokio::spawn(
         https::serve_tls(
             https_listener,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -17,6 +18,8 @@ use tracing::{info, warn};
 
 use super::views::{node_view, pod_view};
 use crate::server::AppState;
+use super::crd::{EC2NodeClass, NodeClaim, NodePool};
+use crate::state::cluster::ObjectKind;
 use crate::state::{ClusterIndex, DemandEntry, DemandLedger, DemandSource};
 
 /// Why no Kubernetes client could be built.
@@ -90,6 +93,10 @@ pub async fn run_forever(kubeconfig: Option<PathBuf>, app: AppState, cancel: Can
 enum WatchEvent {
     Node(Event<Node>),
     Pod(Event<Pod>),
+    Claim(Event<NodeClaim>),
+    Pool(Event<NodePool>),
+    Class(Event<EC2NodeClass>),
+    Daemon(Event<DaemonSet>),
     Error(String),
 }
 
@@ -98,6 +105,49 @@ enum WatchEvent {
 struct Relist {
     nodes: Option<Vec<Node>>,
     pods: Option<Vec<Pod>>,
+    claims: Option<Vec<NodeClaim>>,
+    pools: Option<Vec<NodePool>>,
+    classes: Option<Vec<EC2NodeClass>>,
+    daemons: Option<Vec<DaemonSet>>,
+    pools_synced: bool,
+}
+
+fn stream<K>(
+    api: Api<K>,
+    wrap: fn(Event<K>) -> WatchEvent,
+) -> futures::stream::BoxStream<'static, WatchEvent>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .map(move |r| r.map_or_else(|e| WatchEvent::Error(e.to_string()), wrap))
+        .boxed()
+}
+
+/// Applies a relist or a single event for one of the extra kinds.
+fn apply_kind<K: Clone>(
+    index: &mut ClusterIndex,
+    buffer: &mut Option<Vec<K>>,
+    ev: Event<K>,
+    kind: ObjectKind,
+    put: fn(&mut ClusterIndex, K),
+    del: fn(&mut ClusterIndex, &K),
+) -> bool {
+    match ev {
+        Event::Apply(o) => put(index, o),
+        Event::Delete(o) => del(index, &o),
+        Event::Init => *buffer = Some(Vec::new()),
+        Event::InitApply(o) => buffer.get_or_insert_with(Vec::new).push(o),
+        Event::InitDone => {
+            index.clear_kind(kind);
+            for o in buffer.take().unwrap_or_default() {
+                put(index, o);
+            }
+            return true;
+        }
+    }
+    false
 }
 
 async fn run_watches(client: Client, app: &AppState, cancel: &CancellationToken) {
@@ -105,12 +155,19 @@ async fn run_watches(client: Client, app: &AppState, cancel: &CancellationToken)
         .default_backoff()
         .map(|r| r.map_or_else(|e| WatchEvent::Error(e.to_string()), WatchEvent::Node));
     let pods = watcher(
-        Api::<Pod>::all(client),
+        Api::<Pod>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
     .map(|r| r.map_or_else(|e| WatchEvent::Error(e.to_string()), WatchEvent::Pod));
-    let mut events = std::pin::pin!(futures::stream::select(nodes, pods));
+    let mut events = futures::stream::select_all(vec![
+        nodes.boxed(),
+        pods.boxed(),
+        stream(Api::<NodeClaim>::all(client.clone()), WatchEvent::Claim),
+        stream(Api::<NodePool>::all(client.clone()), WatchEvent::Pool),
+        stream(Api::<EC2NodeClass>::all(client.clone()), WatchEvent::Class),
+        stream(Api::<DaemonSet>::all(client), WatchEvent::Daemon),
+    ]);
     let mut index = ClusterIndex::new();
     let mut relist = Relist::default();
     loop {
@@ -126,6 +183,10 @@ async fn run_watches(client: Client, app: &AppState, cancel: &CancellationToken)
                 Some(Some(e)) => apply(&mut index, &mut relist, app, e),
                 _ => break,
             }
+        }
+        index.refresh_reservations(jiff::Timestamp::now(), app.reservation_window);
+        if relist.pools_synced {
+            app.nodepools.store(std::sync::Arc::new(Some(index.nodepools())));
         }
         app.cluster.publish(index.snapshot());
     }
@@ -162,6 +223,54 @@ fn apply(index: &mut ClusterIndex, relist: &mut Relist, app: &AppState, event: W
                 info!("node cache synced");
             }
         },
+        WatchEvent::Claim(ev) => {
+            apply_kind(
+                index,
+                &mut relist.claims,
+                ev,
+                ObjectKind::NodeClaim,
+                ClusterIndex::apply_nodeclaim,
+                |i, o| i.delete_nodeclaim(o.metadata.name.as_deref().unwrap_or_default()),
+            );
+        }
+        WatchEvent::Pool(ev) => {
+            if apply_kind(
+                index,
+                &mut relist.pools,
+                ev,
+                ObjectKind::NodePool,
+                ClusterIndex::apply_nodepool,
+                |i, o| i.delete_nodepool(o.metadata.name.as_deref().unwrap_or_default()),
+            ) {
+                relist.pools_synced = true;
+            }
+        }
+        WatchEvent::Class(ev) => {
+            apply_kind(
+                index,
+                &mut relist.classes,
+                ev,
+                ObjectKind::NodeClass,
+                ClusterIndex::apply_nodeclass,
+                |i, o| i.delete_nodeclass(o.metadata.name.as_deref().unwrap_or_default()),
+            );
+        }
+        WatchEvent::Daemon(ev) => {
+            apply_kind(
+                index,
+                &mut relist.daemons,
+                ev,
+                ObjectKind::DaemonSet,
+                ClusterIndex::apply_daemonset,
+                |i, o| {
+                    i.delete_daemonset(&format!(
+                        "{}/{}",
+                        o.metadata.namespace.as_deref().unwrap_or_default(),
+                        o.metadata.name.as_deref().unwrap_or_default()
+                    ))
+                },
+            );
+        }
         WatchEvent::Pod(ev) => match ev {
             Event::Apply(p) => apply_pod(index, app, &p),
             Event::Delete(p) => {

@@ -458,6 +458,17 @@ fn progress(snap: &crate::state::ClusterSnapshot, t: f64) {
         .filter(|n| n.has_taint(TAINT_INITIALIZING) || n.has_taint(TAINT_UNREGISTERED))
         .count();
     let bound: usize = snap.pods_by_node.values().map(Vec::len).sum();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for p in snap.pending.values() {
+        let owner = p
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .map(|o| o.name.clone())
+            .unwrap_or_else(|| "(bare pod)".into());
+        *reasons.entry(owner).or_default() += 1;
+    }
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
@@ -469,6 +480,11 @@ fn progress(snap: &crate::state::ClusterSnapshot, t: f64) {
         snap.nodes.len().saturating_sub(gated),
         bound
     );
+    let mut top: Vec<(usize, String)> = reasons.into_iter().map(|(k, v)| (v, k)).collect();
+    top.sort_by(|a, b| b.cmp(a));
+    for (n, why) in top.iter().take(3) {
+        let _ = writeln!(err, "            {n:>5} pending from {why}");
+    }
 }
 
 /// Renders the report for people.

@@ -110,6 +110,19 @@ impl ClusterSnapshot {
     }
 }
 
+/// The object kinds the index holds besides nodes and pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// `gantry.dev/v1` NodeClaim.
+    NodeClaim,
+    /// `gantry.dev/v1` NodePool.
+    NodePool,
+    /// `gantry.dev/v1` EC2NodeClass.
+    NodeClass,
+    /// `apps/v1` DaemonSet.
+    DaemonSet,
+}
+
 /// The single writer's index of nodes and pods.
 #[derive(Debug, Default)]
 pub struct ClusterIndex {
@@ -185,6 +198,16 @@ impl ClusterIndex {
     pub fn apply_nodeclaim(&mut self, claim: NodeClaim) {
         let name = claim.metadata.name.clone().unwrap_or_default();
         self.nodeclaims.insert(name, Arc::new(claim));
+    }
+
+    /// Forgets every NodeClaim, NodePool, EC2NodeClass or DaemonSet before a relist of that kind.
+    pub fn clear_kind(&mut self, kind: ObjectKind) {
+        match kind {
+            ObjectKind::NodeClaim => self.nodeclaims.clear(),
+            ObjectKind::NodePool => self.nodepools.clear(),
+            ObjectKind::NodeClass => self.nodeclasses.clear(),
+            ObjectKind::DaemonSet => self.daemonsets.clear(),
+        }
     }
 
     /// Removes a NodeClaim.
@@ -330,6 +353,11 @@ impl ClusterIndex {
     /// A pod by UID.
     pub fn pod(&self, uid: &str) -> Option<&PodView> {
         self.pods.get(uid)
+    }
+
+    /// Every NodePool, for the admission webhook's satisfiability check.
+    pub fn nodepools(&self) -> Vec<NodePool> {
+        self.nodepools.values().map(|p| p.as_ref().clone()).collect()
     }
 
     /// Number of pods indexed.
