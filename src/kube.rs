@@ -1,6 +1,7 @@
 //! The Kubernetes adapter: CRD types, object-to-view translations, and watches into `ClusterState`.
 
 pub mod api;
+pub mod cluster;
 pub mod crd;
 pub mod views;
 pub mod watch;

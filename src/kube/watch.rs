@@ -16,9 +16,9 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::crd::{EC2NodeClass, NodeClaim, NodePool};
 use super::views::{node_view, pod_view};
 use crate::server::AppState;
-use super::crd::{EC2NodeClass, NodeClaim, NodePool};
 use crate::state::cluster::ObjectKind;
 use crate::state::{ClusterIndex, DemandEntry, DemandLedger, DemandSource};
 
@@ -186,7 +186,8 @@ async fn run_watches(client: Client, app: &AppState, cancel: &CancellationToken)
         }
         index.refresh_reservations(jiff::Timestamp::now(), app.reservation_window);
         if relist.pools_synced {
-            app.nodepools.store(std::sync::Arc::new(Some(index.nodepools())));
+            app.nodepools
+                .store(std::sync::Arc::new(Some(index.nodepools())));
         }
         app.cluster.publish(index.snapshot());
     }

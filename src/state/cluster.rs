@@ -357,7 +357,10 @@ impl ClusterIndex {
 
     /// Every NodePool, for the admission webhook's satisfiability check.
     pub fn nodepools(&self) -> Vec<NodePool> {
-        self.nodepools.values().map(|p| p.as_ref().clone()).collect()
+        self.nodepools
+            .values()
+            .map(|p| p.as_ref().clone())
+            .collect()
     }
 
     /// Number of pods indexed.

@@ -1,0 +1,308 @@
+//! [`ClusterApi`] against a real API server.
+//!
+//! Writes are patches. Those that read-modify-write a list (taints, finalizers) carry the
+//! `resourceVersion` they read, so a concurrent writer makes them fail with a conflict, and they
+//! re-read and retry a few times instead of overwriting someone else's change.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Taint as K8sTaint};
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use serde_json::json;
+use tracing::warn;
+
+use super::api::{ClusterApi, ClusterError, EventRecord, NodePatch};
+use super::crd::{NodeClaim, NodeClaimStatus};
+use crate::model::labels::TERMINATION_FINALIZER;
+
+/// How many times a conflicting read-modify-write is retried.
+const CONFLICT_RETRIES: usize = 5;
+/// Every API call's deadline.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The API-server-backed cluster.
+#[derive(Clone)]
+pub struct KubeCluster {
+    client: Client,
+    recorder: Recorder,
+    field_manager: String,
+}
+
+impl KubeCluster {
+    /// A cluster client that reports events as `gantry` from `instance` (the pod name).
+    pub fn new(client: Client, instance: &str) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "gantry".into(),
+                instance: Some(instance.to_string()),
+            },
+        );
+        KubeCluster {
+            client,
+            recorder,
+            field_manager: "gantry".into(),
+        }
+    }
+}
+
+impl KubeCluster {
+    fn params(&self) -> PatchParams {
+        PatchParams {
+            field_manager: Some(self.field_manager.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Maps a kube error onto the trait's classification.
+pub fn classify(e: kube::Error, what: &str) -> ClusterError {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => ClusterError::NotFound(what.to_string()),
+        kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists" => {
+            ClusterError::AlreadyExists(what.to_string())
+        }
+        kube::Error::Api(s) if s.code == 409 => ClusterError::Conflict(what.to_string()),
+        kube::Error::Api(s) if s.code == 429 => ClusterError::Blocked(what.to_string()),
+        _ => ClusterError::Api(format!("{what}: {e}")),
+    }
+}
+
+async fn timed<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| classify(e, what)),
+        Err(_) => Err(ClusterError::Api(format!("{what}: timed out"))),
+    }
+}
+
+/// The node's taints after a patch: removals first, then additions not already present.
+pub fn patched_taints(current: &[K8sTaint], patch: &NodePatch) -> Vec<K8sTaint> {
+    let mut out: Vec<K8sTaint> = current
+        .iter()
+        .filter(|t| !patch.remove_taints.contains(&t.key))
+        .cloned()
+        .collect();
+    for t in &patch.add_taints {
+        if !out
+            .iter()
+            .any(|x| x.key == t.key && x.effect == t.effect.as_str())
+        {
+            out.push(K8sTaint {
+                key: t.key.clone(),
+                value: Some(t.value.clone()),
+                effect: t.effect.as_str().to_string(),
+                time_added: None,
+            });
+        }
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl ClusterApi for KubeCluster {
+    async fn create_nodeclaim(&self, claim: &NodeClaim) -> Result<NodeClaim, ClusterError> {
+        let mut c = claim.clone();
+        let fins = c.metadata.finalizers.get_or_insert_with(Vec::new);
+        if !fins.iter().any(|f| f == TERMINATION_FINALIZER) {
+            fins.push(TERMINATION_FINALIZER.to_string());
+        }
+        let name = c.metadata.name.clone().unwrap_or_default();
+        let api: Api<NodeClaim> = Api::all(self.client.clone());
+        timed(
+            &format!("nodeclaim {name}"),
+            api.create(&PostParams::default(), &c),
+        )
+        .await
+    }
+
+    async fn update_nodeclaim_status(
+        &self,
+        name: &str,
+        status: &NodeClaimStatus,
+    ) -> Result<(), ClusterError> {
+        let api: Api<NodeClaim> = Api::all(self.client.clone());
+        // A merge patch of the whole status: lists (conditions, reservedPods) are replaced,
+        // which is what the single writer intends.
+        let patch = json!({ "status": status });
+        timed(
+            &format!("nodeclaim {name} status"),
+            api.patch_status(name, &self.params(), &Patch::Merge(&patch)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_nodeclaim(&self, name: &str) -> Result<(), ClusterError> {
+        let api: Api<NodeClaim> = Api::all(self.client.clone());
+        match timed(
+            &format!("nodeclaim {name}"),
+            api.delete(name, &DeleteParams::default()),
+        )
+        .await
+        {
+            Ok(_) | Err(ClusterError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn remove_nodeclaim_finalizer(&self, name: &str) -> Result<(), ClusterError> {
+        let api: Api<NodeClaim> = Api::all(self.client.clone());
+        let what = format!("nodeclaim {name}");
+        for _ in 0..CONFLICT_RETRIES {
+            let current = match timed(&what, api.get(name)).await {
+                Ok(c) => c,
+                Err(ClusterError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let fins: Vec<String> = current
+                .metadata
+                .finalizers
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| f != TERMINATION_FINALIZER)
+                .collect();
+            let patch = json!({"metadata": {
+                "finalizers": fins,
+                "resourceVersion": current.metadata.resource_version,
+            }});
+            match timed(
+                &what,
+                api.patch(name, &self.params(), &Patch::Merge(&patch)),
+            )
+            .await
+            {
+                Ok(_) | Err(ClusterError::NotFound(_)) => return Ok(()),
+                Err(ClusterError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClusterError::Conflict(what))
+    }
+
+    async fn patch_node(&self, name: &str, patch: &NodePatch) -> Result<(), ClusterError> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let what = format!("node {name}");
+        for _ in 0..CONFLICT_RETRIES {
+            let current = timed(&what, api.get(name)).await?;
+            let taints = patched_taints(
+                current
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_deref())
+                    .unwrap_or_default(),
+                patch,
+            );
+            let labels: BTreeMap<&String, &String> = patch.labels.iter().collect();
+            let body = json!({
+                "metadata": {"labels": labels, "resourceVersion": current.metadata.resource_version},
+                "spec": {"taints": taints},
+            });
+            match timed(&what, api.patch(name, &self.params(), &Patch::Merge(&body))).await {
+                Ok(_) => return Ok(()),
+                Err(ClusterError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClusterError::Conflict(what))
+    }
+
+    async fn delete_node(&self, name: &str) -> Result<(), ClusterError> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        match timed(
+            &format!("node {name}"),
+            api.delete(name, &DeleteParams::default()),
+        )
+        .await
+        {
+            Ok(_) | Err(ClusterError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn evict_pod(&self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        match timed(
+            &format!("pod {namespace}/{name}"),
+            api.evict(name, &EvictParams::default()),
+        )
+        .await
+        {
+            Ok(_) | Err(ClusterError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn record_event(&self, event: EventRecord) {
+        let (api_version, kind) = match event.kind {
+            "NodeClaim" => (NodeClaim::api_version(&()).to_string(), "NodeClaim"),
+            _ => ("v1".to_string(), event.kind),
+        };
+        let reference = ObjectReference {
+            api_version: Some(api_version),
+            kind: Some(kind.to_string()),
+            name: Some(event.name.clone()),
+            namespace: Some(event.namespace.clone()).filter(|n| !n.is_empty()),
+            uid: Some(event.uid.clone()).filter(|u| !u.is_empty()),
+            ..Default::default()
+        };
+        let ev = Event {
+            type_: if event.type_ == "Warning" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.to_string(),
+            note: Some(event.message),
+            action: event.reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = tokio::time::timeout(CALL_TIMEOUT, self.recorder.publish(&ev, &reference))
+            .await
+            .unwrap_or_else(|_| Ok(()))
+        {
+            warn!(error = %e, "cannot record event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Effect, Taint};
+
+    #[test]
+    fn taint_patches_remove_then_add_once() {
+        let current = vec![
+            K8sTaint {
+                key: "gantry.dev/unregistered".into(),
+                value: Some("true".into()),
+                effect: "NoExecute".into(),
+                time_added: None,
+            },
+            K8sTaint {
+                key: "keep".into(),
+                value: None,
+                effect: "NoSchedule".into(),
+                time_added: None,
+            },
+        ];
+        let patch = NodePatch {
+            remove_taints: vec!["gantry.dev/unregistered".into()],
+            add_taints: vec![
+                Taint::new("keep", "", Effect::NoSchedule),
+                Taint::new("gantry.dev/disrupted", "true", Effect::NoSchedule),
+            ],
+            ..Default::default()
+        };
+        let out = patched_taints(&current, &patch);
+        let keys: Vec<&str> = out.iter().map(|t| t.key.as_str()).collect();
+        assert_eq!(keys, vec!["keep", "gantry.dev/disrupted"]);
+    }
+}
