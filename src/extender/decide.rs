@@ -48,9 +48,8 @@ pub fn filter_node(pod: &PodFacts, node: &NodeView) -> Option<&'static str> {
         return Some(reasons::INITIALIZING);
     }
     if !node.reserved_pods.is_empty() && !node.reserved_pods.contains(&pod.uid) {
-        let mut after = node.requested.plus(&node.reserved);
-        after.add(&pod.requests);
-        if !after.fits_in(&node.allocatable) {
+        let held = node.requested.plus(&node.reserved);
+        if !held.fits_with(&pod.requests, &node.allocatable) {
             return Some(reasons::RESERVED);
         }
     }
@@ -74,11 +73,20 @@ pub fn score_node(pod: &PodFacts, node: Option<&NodeView>) -> i64 {
     if node.reserved_pods.contains(&pod.uid) {
         return RESERVED_SCORE;
     }
-    let after = node.requested.plus(&pod.requests);
-    if !after.fits_in(&node.allocatable) {
+    if !node.requested.fits_with(&pod.requests, &node.allocatable) {
         return 0;
     }
-    let share = after.dominant_share(&node.allocatable).clamp(0.0, 1.0);
+    let a = &node.allocatable;
+    let frac = |used: i64, add: i64, cap: i64| {
+        if cap > 0 {
+            (used + add) as f64 / cap as f64
+        } else {
+            0.0
+        }
+    };
+    let share = frac(node.requested.cpu, pod.requests.cpu, a.cpu)
+        .max(frac(node.requested.memory, pod.requests.memory, a.memory))
+        .clamp(0.0, 1.0);
     ((share * PACKING_MAX as f64).round() as i64).clamp(0, PACKING_MAX)
 }
 

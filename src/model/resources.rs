@@ -174,6 +174,18 @@ impl Resources {
         }
     }
 
+    /// Whether `self + extra` fits inside `available`, without building the sum (hot path of the
+    /// extender's scoring).
+    pub fn fits_with(&self, extra: &Resources, available: &Resources) -> bool {
+        self.cpu.saturating_add(extra.cpu) <= available.cpu
+            && self.memory.saturating_add(extra.memory) <= available.memory
+            && self.ephemeral.saturating_add(extra.ephemeral) <= available.ephemeral
+            && self.pods.saturating_add(extra.pods) <= available.pods
+            && extra.extended.iter().all(|(n, v)| {
+                *v <= 0 || self.extended(n).saturating_add(*v) <= available.extended(n)
+            })
+    }
+
     /// Whether `self` (a demand) fits inside `available`, resource by resource.
     pub fn fits_in(&self, available: &Resources) -> bool {
         self.cpu <= available.cpu

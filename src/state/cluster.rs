@@ -16,6 +16,32 @@ use crate::kube::crd::{EC2NodeClass, NodeClaim, NodePool, conditions};
 use crate::model::labels;
 use crate::model::{Resources, Taint};
 
+/// FNV-1a over the key's bytes: node names are short, trusted strings, and the extender looks up
+/// hundreds per request, where SipHash's DoS resistance costs more than it buys.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// The hasher for node-name maps.
+pub type FnvBuild = std::hash::BuildHasherDefault<FnvHasher>;
+
+/// Nodes by name.
+pub type NodeMap = HashMap<String, Arc<NodeView>, FnvBuild>;
+
 /// A node as decisions need it: identity, labels, taints, room and gating state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeView {
@@ -84,7 +110,7 @@ pub struct PodView {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterSnapshot {
     /// Nodes by name.
-    pub nodes: HashMap<String, Arc<NodeView>>,
+    pub nodes: NodeMap,
     /// Pods not yet bound (and not terminal), with their full objects for planning.
     pub pending: HashMap<String, Arc<Pod>>,
     /// Pods bound to each node, by node name (for topology and drains).
@@ -126,7 +152,7 @@ pub enum ObjectKind {
 /// The single writer's index of nodes and pods.
 #[derive(Debug, Default)]
 pub struct ClusterIndex {
-    nodes: HashMap<String, Arc<NodeView>>,
+    nodes: NodeMap,
     pods: HashMap<String, PodView>,
     pod_objects: HashMap<String, Arc<Pod>>,
     nodeclaims: HashMap<String, Arc<NodeClaim>>,
