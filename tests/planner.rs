@@ -1,4 +1,5 @@
 //! Planner tests: one table test per constraint, proptest invariants, and the `gantry plan` CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
