@@ -74,6 +74,8 @@ struct Bin {
     pods: Vec<usize>,
     /// Pods already on existing capacity (for topology).
     resident: Option<usize>,
+    /// Offerings allowed by the zone pins of the subgroups placed here (type-independent).
+    pin: u64,
 }
 
 /// Planner state for one round.
@@ -435,6 +437,7 @@ impl<'a> Packer<'a> {
                 members: Vec::new(),
                 pods: Vec::new(),
                 resident: Some(self.residents.len() - 1),
+                pin: u64::MAX,
             });
             if let Some(p) = node.pool.as_deref().and_then(|p| self.pool_index(p)) {
                 let u = &mut self.pool_used[p];
@@ -468,6 +471,7 @@ impl<'a> Packer<'a> {
                 members: Vec::new(),
                 pods: Vec::new(),
                 resident: Some(self.residents.len() - 1),
+                pin: u64::MAX,
             });
             if let Some(p) = self.pool_index(&claim.pool) {
                 let biggest = claim
@@ -664,6 +668,7 @@ impl<'a> Packer<'a> {
         }
         if let BinKind::New { pool, ty } = bin.kind {
             bin.mask &= self.shapes[s].compat[pool].as_ref().map_or(0, |c| c[ty]) & pin;
+            bin.pin &= pin;
         }
         let take = cursor.len() - k as usize;
         bin.pods.extend(cursor.drain(take..));
@@ -942,6 +947,7 @@ impl<'a> Packer<'a> {
                 members: Vec::new(),
                 pods: Vec::new(),
                 resident: None,
+                pin,
             });
             let (cpu, mem) = self.capacity[ch.ty];
             let u = &mut self.pool_used[pool];
@@ -1081,6 +1087,203 @@ impl<'a> Packer<'a> {
             .collect()
     }
 
+    /// Offerings every member allows on type `ty` of `pool`, within `pin`.
+    fn members_mask(&self, pool: usize, pin: u64, members: &[(usize, u32)], ty: usize) -> u64 {
+        let mut m = pin;
+        for (s, _) in members {
+            m &= self.shapes[*s].compat[pool].as_ref().map_or(0, |c| c[ty]);
+            if m == 0 {
+                break;
+            }
+        }
+        m
+    }
+
+    /// The cheapest type of `pool` that holds `used` for `members`, as `(type, price)`.
+    fn cheapest_type(
+        &self,
+        order: &[(usize, f64)],
+        pool: usize,
+        pin: u64,
+        members: &[(usize, u32)],
+        used: &Amount,
+        limit: f64,
+    ) -> Option<(usize, f64)> {
+        let mut best: Option<(usize, f64)> = None;
+        for &(t, floor) in order {
+            if floor >= best.map_or(limit, |(_, p)| p.min(limit)) {
+                break;
+            }
+            if !super::select::holds(&self.room[pool][t], used) {
+                continue;
+            }
+            let m = self.members_mask(pool, pin, members, t);
+            if let Some((_, price)) = self.prices[t].cheapest(m)
+                && best.is_none_or(|(_, p)| price < p)
+            {
+                best = Some((t, price));
+            }
+        }
+        best
+    }
+
+    /// Whether two member lists may share a node (anti-affinity, ports, hostname spread).
+    fn may_share(&self, a: &[(usize, u32)], b: &[(usize, u32)]) -> bool {
+        for (s, _) in a {
+            let shape = &self.shapes[*s];
+            if !shape.node_topology {
+                continue;
+            }
+            if b.iter().any(|(t, _)| has_bit(&shape.conflicts, *t)) {
+                return false;
+            }
+            for (max, set) in &shape.host_spread {
+                let n: u32 = a
+                    .iter()
+                    .chain(b)
+                    .filter(|(t, _)| has_bit(set, *t))
+                    .map(|(_, c)| *c)
+                    .sum();
+                if n > *max {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Merges pairs of new bins when one node for both is cheaper than the two: this recovers
+    /// per-node reservations and pairs pods whose resources complement each other.
+    fn merge_bins(&self, bins: &mut [Bin]) {
+        let ids: Vec<usize> = (0..bins.len())
+            .filter(|b| matches!(bins[*b].kind, BinKind::New { .. }) && !bins[*b].pods.is_empty())
+            .collect();
+        if ids.len() < 2 {
+            return;
+        }
+        // Per pool: types with a price floor (cheapest offering the pool allows), cheapest first.
+        let type_order: Vec<Vec<(usize, f64)>> = (0..self.input.pools.len())
+            .map(|p| {
+                let mut v: Vec<(usize, f64)> = (0..self.prices.len())
+                    .filter_map(|t| {
+                        self.prices[t]
+                            .cheapest(self.pool_mask[p][t])
+                            .map(|(_, price)| (t, price))
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.1.total_cmp(&b.1));
+                v
+            })
+            .collect();
+        let pool_of = |b: &Bin| match b.kind {
+            BinKind::New { pool, .. } => pool,
+            _ => usize::MAX,
+        };
+        let used_of = |b: &Bin| {
+            let mut used = [0i64; DIMS];
+            for (s, c) in &b.members {
+                let add = scaled(&self.shapes[*s].req, *c);
+                for d in 0..DIMS {
+                    used[d] += add[d];
+                }
+            }
+            used
+        };
+        let mut used: Vec<Amount> = ids.iter().map(|b| used_of(&bins[*b])).collect();
+        let mut price: Vec<f64> = ids
+            .iter()
+            .zip(&used)
+            .map(|(b, u)| {
+                let bin = &bins[*b];
+                let pool = pool_of(bin);
+                type_order
+                    .get(pool)
+                    .and_then(|o| {
+                        self.cheapest_type(o, pool, bin.pin, &bin.members, u, f64::INFINITY)
+                    })
+                    .map_or(f64::INFINITY, |(_, p)| p)
+            })
+            .collect();
+        let mut alive = vec![true; ids.len()];
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by(|a, b| price[*a].total_cmp(&price[*b]));
+        let n = order.len();
+        const NEAR: usize = 8;
+        const SPREAD: usize = 16;
+        let stride = (n / SPREAD).max(1);
+        for _pass in 0..3 {
+            let mut merged_any = false;
+            for ai in 0..n {
+                let a = order[ai];
+                if !alive[a] {
+                    continue;
+                }
+                let mut best: Option<(usize, f64, f64)> = None;
+                let near = (ai + 1..n).take(NEAR);
+                let spread = (0..SPREAD).map(|k| (ai + 1 + NEAR + k * stride) % n);
+                for bj in near.chain(spread) {
+                    let b = order[bj];
+                    if b == a || !alive[b] {
+                        continue;
+                    }
+                    let (ba, bb) = (&bins[ids[a]], &bins[ids[b]]);
+                    let pool = pool_of(ba);
+                    if pool != pool_of(bb) || ba.pin & bb.pin == 0 {
+                        continue;
+                    }
+                    if !self.may_share(&ba.members, &bb.members) {
+                        continue;
+                    }
+                    let mut merged = used[a];
+                    for d in 0..DIMS {
+                        merged[d] += used[b][d];
+                    }
+                    let mut members = ba.members.clone();
+                    members.extend(bb.members.iter().copied());
+                    let limit = price[a] + price[b];
+                    let Some((_, p)) = self.cheapest_type(
+                        &type_order[pool],
+                        pool,
+                        ba.pin & bb.pin,
+                        &members,
+                        &merged,
+                        limit,
+                    ) else {
+                        continue;
+                    };
+                    let saving = price[a] + price[b] - p;
+                    if saving > 1e-9 && best.is_none_or(|(_, s, _)| saving > s) {
+                        best = Some((b, saving, p));
+                    }
+                }
+                if let Some((b, _, p)) = best {
+                    let (ia, ib) = (ids[a], ids[b]);
+                    let moved_members = std::mem::take(&mut bins[ia].members);
+                    let moved_pods = std::mem::take(&mut bins[ia].pods);
+                    let pin_a = bins[ia].pin;
+                    let target = &mut bins[ib];
+                    for (s, c) in moved_members {
+                        match target.members.iter_mut().find(|(m, _)| *m == s) {
+                            Some(e) => e.1 += c,
+                            None => target.members.push((s, c)),
+                        }
+                    }
+                    target.pods.extend(moved_pods);
+                    target.pin &= pin_a;
+                    for d in 0..DIMS {
+                        used[b][d] += used[a][d];
+                    }
+                    price[b] = p;
+                    alive[a] = false;
+                    merged_any = true;
+                }
+            }
+            if !merged_any {
+                break;
+            }
+        }
+    }
+
     fn finish(mut self) -> Plan {
         let input = self.input;
         let mut plan = Plan {
@@ -1089,7 +1292,8 @@ impl<'a> Packer<'a> {
         };
         type Key = (usize, u64, Vec<(usize, u32)>);
         let mut cache: HashMap<Key, Option<Vec<Ranked>>> = HashMap::new();
-        let bins = std::mem::take(&mut self.bins);
+        let mut bins = std::mem::take(&mut self.bins);
+        self.merge_bins(&mut bins);
         for bin in bins {
             if bin.pods.is_empty() {
                 continue;
@@ -1110,8 +1314,7 @@ impl<'a> Packer<'a> {
                 BinKind::New { pool, ty } => {
                     let mut members = bin.members.clone();
                     members.sort_unstable();
-                    // The bin's pin: its mask projected to zones (type-independent part).
-                    let pin = zone_pin(bin.mask, &self.zones);
+                    let pin = bin.pin;
                     let key = (pool, pin, members);
                     let ranked = cache
                         .entry(key)
@@ -1233,25 +1436,6 @@ impl<'a> Packer<'a> {
             })
             .collect()
     }
-}
-
-/// The zone bits of a mask, with both capacity types (the zone pin of a bin).
-fn zone_pin(mask: u64, zones: &[String]) -> u64 {
-    let mut pin = 0;
-    for z in 0..zones.len() {
-        if mask & zone_bits(z) != 0 {
-            pin |= zone_bits(z);
-        }
-    }
-    // Keep the capacity-type restriction too: a spot-only bin stays spot-only.
-    let mut ct = 0u64;
-    if mask & 0x5555_5555_5555_5555 != 0 {
-        ct |= 0x5555_5555_5555_5555;
-    }
-    if mask & 0xAAAA_AAAA_AAAA_AAAA != 0 {
-        ct |= 0xAAAA_AAAA_AAAA_AAAA;
-    }
-    pin & ct
 }
 
 /// The zone of a mask when it allows exactly one.
