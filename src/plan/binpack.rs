@@ -13,7 +13,7 @@
 // Index loops over parallel per-type and per-dimension arrays read clearer than zips here.
 #![allow(clippy::needless_range_loop)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use super::select::{
     Amount, Candidate, DIMS, Ranked, TypePrices, best_new_type, fit_count, offering_bit,
@@ -1401,40 +1401,99 @@ impl<'a> Packer<'a> {
         plan
     }
 
-    /// The per-class inputs of the LP lower bound: for each set of shapes with the same
-    /// compatibility, its total demand and the candidate columns (room, price).
-    pub(crate) fn bound_classes(&self, placed_new: &[bool]) -> Vec<(Amount, Vec<(Amount, f64)>)> {
-        let mut classes: BTreeMap<Vec<Option<Vec<u64>>>, Amount> = BTreeMap::new();
+    /// The LP lower bound's inputs: row demands and columns `(entries, price)`.
+    ///
+    /// Pods are classed by what they may run on: the (pool, type, offering) triples their
+    /// constraints allow and their size fits (zone pins are ignored, which only relaxes the
+    /// bound). Classes share types, so their separate bounds cannot simply be added. Instead, for
+    /// each class `c`, the pods of every class whose allowed set lies inside `c`'s can only run
+    /// on `c`'s set, so the capacity bought there must cover their demand: one row per (such
+    /// set, dimension). Every integral plan satisfies every row, so the optimum is a lower bound.
+    pub(crate) fn bound_lp(&self, placed_new: &[bool]) -> (Vec<f64>, Vec<(Vec<f64>, f64)>) {
+        let input = self.input;
+        type Class = Vec<Option<Vec<u64>>>;
+        let mut classes: Vec<(&Class, Amount)> = Vec::new();
         for shape in &self.shapes {
             let n = shape.pods.iter().filter(|p| placed_new[**p]).count() as u32;
             if n == 0 {
                 continue;
             }
-            let total = classes.entry(shape.compat.clone()).or_insert([0; DIMS]);
             let add = scaled(&shape.req, n);
+            let slot = match classes.iter().position(|(k, _)| **k == shape.compat) {
+                Some(i) => i,
+                None => {
+                    classes.push((&shape.compat, [0; DIMS]));
+                    classes.len() - 1
+                }
+            };
             for d in 0..DIMS {
-                total[d] += add[d];
+                classes[slot].1[d] += add[d];
             }
         }
-        classes
-            .into_iter()
-            .map(|(compat, demand)| {
-                let mut cols = Vec::new();
-                for ty in 0..self.prices.len() {
-                    let mut best: Option<(Amount, f64)> = None;
-                    for (pi, c) in compat.iter().enumerate() {
-                        let Some(c) = c else { continue };
-                        if let Some((_, price)) = self.prices[ty].cheapest(c[ty])
-                            && best.is_none_or(|(_, p)| price < p)
-                        {
-                            best = Some((self.room[pi][ty], price));
-                        }
-                    }
-                    cols.extend(best);
-                }
-                (demand, cols)
+        let inside = |x: &Class, y: &Class| {
+            x.iter().zip(y).all(|(a, b)| match (a, b) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => a.iter().zip(b).all(|(p, q)| p & !q == 0),
             })
-            .collect()
+        };
+        let k = classes.len();
+        // Rows: (class whose allowed set bounds the subset, dimension, demand of the subset).
+        let mut rows: Vec<(usize, usize, f64)> = Vec::new();
+        let mut subsets: Vec<Vec<bool>> = Vec::new();
+        for c in 0..k {
+            let members: Vec<bool> = (0..k)
+                .map(|c2| inside(classes[c2].0, classes[c].0))
+                .collect();
+            if subsets.contains(&members) {
+                continue;
+            }
+            for d in 0..DIMS {
+                let demand: i64 = (0..k)
+                    .filter(|c2| members[*c2])
+                    .map(|c2| classes[c2].1[d])
+                    .sum();
+                if demand > 0 {
+                    rows.push((c, d, demand as f64));
+                }
+            }
+            subsets.push(members);
+        }
+        // Columns: (pool, type, offering) at that offering's price: the cheapest offering of
+        // each class on each type.
+        let mut columns = Vec::new();
+        let mut seen: HashMap<(usize, usize, u8), ()> = HashMap::new();
+        for pi in 0..input.pools.len() {
+            for ty in 0..self.prices.len() {
+                for c in 0..k {
+                    let Some(mask) = classes[c].0[pi].as_ref().map(|m| m[ty]) else {
+                        continue;
+                    };
+                    let Some((bit, price)) = self.prices[ty].cheapest(mask) else {
+                        continue;
+                    };
+                    if seen.insert((pi, ty, bit), ()).is_some() {
+                        continue;
+                    }
+                    let room = &self.room[pi][ty];
+                    let entries: Vec<f64> = rows
+                        .iter()
+                        .map(|(owner, d, demand)| {
+                            let allowed = classes[*owner].0[pi]
+                                .as_ref()
+                                .is_some_and(|m| m[ty] & (1u64 << bit) != 0);
+                            if allowed {
+                                room[*d].max(0) as f64 / demand
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    columns.push((entries, price));
+                }
+            }
+        }
+        (rows.iter().map(|r| r.2).collect(), columns)
     }
 }
 
