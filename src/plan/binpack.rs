@@ -1412,23 +1412,24 @@ impl<'a> Packer<'a> {
     pub(crate) fn bound_lp(&self, placed_new: &[bool]) -> (Vec<f64>, Vec<(Vec<f64>, f64)>) {
         let input = self.input;
         type Class = Vec<Option<Vec<u64>>>;
-        let mut classes: Vec<(&Class, Amount)> = Vec::new();
-        for shape in &self.shapes {
+        let mut classes: Vec<(&Class, Amount, Vec<usize>)> = Vec::new();
+        for (si, shape) in self.shapes.iter().enumerate() {
             let n = shape.pods.iter().filter(|p| placed_new[**p]).count() as u32;
             if n == 0 {
                 continue;
             }
             let add = scaled(&shape.req, n);
-            let slot = match classes.iter().position(|(k, _)| **k == shape.compat) {
+            let slot = match classes.iter().position(|(k, _, _)| **k == shape.compat) {
                 Some(i) => i,
                 None => {
-                    classes.push((&shape.compat, [0; DIMS]));
+                    classes.push((&shape.compat, [0; DIMS], Vec::new()));
                     classes.len() - 1
                 }
             };
             for d in 0..DIMS {
                 classes[slot].1[d] += add[d];
             }
+            classes[slot].2.push(si);
         }
         let inside = |x: &Class, y: &Class| {
             x.iter().zip(y).all(|(a, b)| match (a, b) {
@@ -1438,9 +1439,10 @@ impl<'a> Packer<'a> {
             })
         };
         let k = classes.len();
-        // Rows: (class whose allowed set bounds the subset, dimension, demand of the subset).
-        let mut rows: Vec<(usize, usize, f64)> = Vec::new();
+        // Rows: (class whose allowed set bounds the subset, dimension, demand, subset index).
+        let mut rows: Vec<(usize, usize, f64, usize)> = Vec::new();
         let mut subsets: Vec<Vec<bool>> = Vec::new();
+        let mut limits: Vec<UseLimits> = Vec::new();
         for c in 0..k {
             let members: Vec<bool> = (0..k)
                 .map(|c2| inside(classes[c2].0, classes[c].0))
@@ -1454,9 +1456,13 @@ impl<'a> Packer<'a> {
                     .map(|c2| classes[c2].1[d])
                     .sum();
                 if demand > 0 {
-                    rows.push((c, d, demand as f64));
+                    rows.push((c, d, demand as f64, subsets.len()));
                 }
             }
+            let shapes = (0..k)
+                .filter(|c2| members[*c2])
+                .flat_map(|c2| classes[c2].2.iter().map(|s| &self.shapes[*s].req));
+            limits.push(UseLimits::of(shapes));
             subsets.push(members);
         }
         // Columns: (pool, type, offering) at that offering's price: the cheapest offering of
@@ -1478,12 +1484,12 @@ impl<'a> Packer<'a> {
                     let room = &self.room[pi][ty];
                     let entries: Vec<f64> = rows
                         .iter()
-                        .map(|(owner, d, demand)| {
+                        .map(|(owner, d, demand, subset)| {
                             let allowed = classes[*owner].0[pi]
                                 .as_ref()
                                 .is_some_and(|m| m[ty] & (1u64 << bit) != 0);
                             if allowed {
-                                room[*d].max(0) as f64 / demand
+                                limits[*subset].usable(room, *d) / demand
                             } else {
                                 0.0
                             }
@@ -1494,6 +1500,75 @@ impl<'a> Packer<'a> {
             }
         }
         (rows.iter().map(|r| r.2).collect(), columns)
+    }
+}
+
+/// What pods of known shapes can use of one node, for a tighter and still valid lower bound:
+/// pods whose memory per CPU is at least `r` use at most `memory ÷ r` CPU, and so on.
+struct UseLimits {
+    /// Least and most memory bytes per millicore (0 / ∞ when some pod asks no CPU).
+    mem_per_cpu: (f64, f64),
+    /// Largest request per pod, per dimension.
+    max: [f64; DIMS],
+    /// Smallest request per pod, per dimension.
+    min: [f64; DIMS],
+}
+
+impl UseLimits {
+    fn of<'s>(reqs: impl Iterator<Item = &'s Amount>) -> Self {
+        let mut l = UseLimits {
+            mem_per_cpu: (f64::INFINITY, 0.0),
+            max: [0.0; DIMS],
+            min: [f64::INFINITY; DIMS],
+        };
+        for r in reqs {
+            let ratio = if r[0] > 0 {
+                r[1] as f64 / r[0] as f64
+            } else if r[1] > 0 {
+                f64::INFINITY
+            } else {
+                0.0
+            };
+            let none_cpu = r[0] <= 0;
+            l.mem_per_cpu.0 = l.mem_per_cpu.0.min(if none_cpu { 0.0 } else { ratio });
+            l.mem_per_cpu.1 = l.mem_per_cpu.1.max(ratio);
+            for d in 0..DIMS {
+                l.max[d] = l.max[d].max(r[d] as f64);
+                l.min[d] = l.min[d].min(r[d] as f64);
+            }
+        }
+        l
+    }
+
+    /// The most of dimension `d` such pods can use on a node with `room`.
+    fn usable(&self, room: &Amount, d: usize) -> f64 {
+        let r = |i: usize| room[i].max(0) as f64;
+        let mut u = r(d);
+        let pods = r(3);
+        match d {
+            0 => {
+                if self.mem_per_cpu.0 > 0.0 {
+                    u = u.min(r(1) / self.mem_per_cpu.0);
+                }
+            }
+            1 => {
+                if self.mem_per_cpu.1.is_finite() {
+                    u = u.min(r(0) * self.mem_per_cpu.1);
+                }
+            }
+            3 => {
+                for i in [0usize, 1] {
+                    if self.min[i] > 0.0 {
+                        u = u.min((r(i) / self.min[i]).floor());
+                    }
+                }
+            }
+            _ => {}
+        }
+        if d != 3 {
+            u = u.min(pods * self.max[d]);
+        }
+        u
     }
 }
 
