@@ -1546,16 +1546,8 @@ impl UseLimits {
         let mut u = r(d);
         let pods = r(3);
         match d {
-            0 => {
-                if self.mem_per_cpu.0 > 0.0 {
-                    u = u.min(r(1) / self.mem_per_cpu.0);
-                }
-            }
-            1 => {
-                if self.mem_per_cpu.1.is_finite() {
-                    u = u.min(r(0) * self.mem_per_cpu.1);
-                }
-            }
+            0 if self.mem_per_cpu.0 > 0.0 => u = u.min(r(1) / self.mem_per_cpu.0),
+            1 if self.mem_per_cpu.1.is_finite() => u = u.min(r(0) * self.mem_per_cpu.1),
             3 => {
                 for i in [0usize, 1] {
                     if self.min[i] > 0.0 {
