@@ -218,6 +218,15 @@ fn summary(label: &str, input: &PlanInput<'_>) {
     let bound = plan_lower_bound(input, &p);
     let placed: usize = p.claims.iter().map(|c| c.pods.len()).sum();
     if std::env::var_os("PLANNER_BENCH_DUMP").is_some() {
+        use gantry::plan::binpack::{Packer, Strategy};
+        for st in [Strategy::PerPod, Strategy::Proportional] {
+            let q = Packer::new(input).run_with(st);
+            println!(
+                "  {st:?}: cost={:.3} nodes={}",
+                q.cost_per_hour(),
+                q.claims.len()
+            );
+        }
         let mut by_type: BTreeMap<(String, String), (usize, usize, f64)> = BTreeMap::new();
         for c in &p.claims {
             let e = by_type

@@ -32,6 +32,7 @@ use crate::model::{CapacityType, PodDemand, Resources};
 const MAX_ZONES: usize = 32;
 
 /// A group of identical pending pods.
+#[derive(Clone)]
 struct Shape {
     /// Indices into the input pods; `[0]` is the representative.
     pods: Vec<usize>,
@@ -62,6 +63,7 @@ enum BinKind {
 }
 
 /// A node being filled.
+#[derive(Clone)]
 struct Bin {
     kind: BinKind,
     /// Room left.
@@ -79,6 +81,7 @@ struct Bin {
 }
 
 /// Planner state for one round.
+#[derive(Clone)]
 pub struct Packer<'a> {
     input: PlanInput<'a>,
     zones: Vec<String>,
@@ -103,6 +106,20 @@ pub struct Packer<'a> {
     placements: Vec<Placement>,
     /// Smallest request of any shape per dimension, to close bins that can take nothing more.
     min_req: Amount,
+    /// Spread each group over the nodes the whole mix needs (see [`Strategy`]).
+    strategy: Strategy,
+    /// Per pool: demand of the unpacked shapes that pool is first to take.
+    aggregate: Vec<Amount>,
+}
+
+/// How new bins are chosen and filled; `plan` runs both and keeps the better plan.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Strategy {
+    /// Each group fills new bins of its own cheapest type per pod.
+    PerPod,
+    /// New bins are of the type that covers the pool's whole remaining mix most cheaply, and
+    /// each group takes only its share of each, leaving room for complementary pods.
+    Proportional,
 }
 
 fn to_amount(r: &Resources, ext_names: &[String]) -> Option<Amount> {
@@ -249,6 +266,8 @@ impl<'a> Packer<'a> {
             unplaced: Vec::new(),
             placements: Vec::new(),
             min_req: [i64::MAX; DIMS],
+            strategy: Strategy::PerPod,
+            aggregate: vec![[0; DIMS]; input.pools.len()],
         };
         p.build_shapes();
         p.build_existing();
@@ -684,6 +703,30 @@ impl<'a> Packer<'a> {
         k
     }
 
+    /// The first pool (by weight) that can take shape `s` on a new node.
+    fn first_pool(&self, s: usize) -> Option<usize> {
+        self.pool_order
+            .iter()
+            .copied()
+            .find(|p| self.shapes[s].compat[*p].is_some())
+    }
+
+    /// Runs the packing with a strategy and builds the plan.
+    pub fn run_with(mut self, strategy: Strategy) -> Plan {
+        self.strategy = strategy;
+        if strategy == Strategy::Proportional {
+            for s in 0..self.shapes.len() {
+                if let Some(p) = self.first_pool(s) {
+                    let add = scaled(&self.shapes[s].req, self.shapes[s].pods.len() as u32);
+                    for d in 0..DIMS {
+                        self.aggregate[p][d] += add[d];
+                    }
+                }
+            }
+        }
+        self.run()
+    }
+
     /// Runs the packing and builds the plan.
     pub fn run(mut self) -> Plan {
         let mut order: Vec<usize> = (0..self.shapes.len()).collect();
@@ -708,6 +751,14 @@ impl<'a> Packer<'a> {
                 let mut cursor = pods;
                 cursor.reverse();
                 self.place_group(s, pin, &mut cursor, existing, &mut open);
+            }
+            if self.strategy == Strategy::Proportional
+                && let Some(p) = self.first_pool(s)
+            {
+                let done = scaled(&self.shapes[s].req, self.shapes[s].pods.len() as u32);
+                for d in 0..DIMS {
+                    self.aggregate[p][d] -= done[d];
+                }
             }
         }
         self.finish()
@@ -845,9 +896,15 @@ impl<'a> Packer<'a> {
                 preference: None,
             };
             let n = u32::try_from(shape.pods.len()).unwrap_or(u32::MAX);
-            if let Some(ch) =
-                best_new_type(&c, u64::MAX, &shape.req, u32::MAX, n, (i64::MAX, i64::MAX))
-                && let Some((bit, _)) = self.prices[ch.ty].cheapest(compat[ch.ty])
+            if let Some(ch) = best_new_type(
+                &c,
+                u64::MAX,
+                &shape.req,
+                u32::MAX,
+                n,
+                (i64::MAX, i64::MAX),
+                None,
+            ) && let Some((bit, _)) = self.prices[ch.ty].cheapest(compat[ch.ty])
             {
                 return Some(usize::from(bit) / 2);
             }
@@ -954,7 +1011,7 @@ impl<'a> Packer<'a> {
             u.0 += cpu;
             u.1 += mem;
             u.2 += 1;
-            let placed = self.put(s, b, remaining, cursor, pin);
+            let placed = self.put(s, b, ch.count.min(remaining), cursor, pin);
             if placed == 0 {
                 // Cannot happen (the type was chosen to fit); stop rather than loop.
                 let rest: Vec<usize> = std::mem::take(cursor);
@@ -1021,7 +1078,20 @@ impl<'a> Packer<'a> {
                 capacity: &self.capacity,
                 preference: shape.preference[pi].as_deref(),
             };
-            if let Some(ch) = best_new_type(&c, pin, &shape.req, cap, remaining, headroom) {
+            let proportional = self.strategy == Strategy::Proportional && !shape.node_topology;
+            let aggregate = proportional.then(|| &self.aggregate[pi]);
+            if let Some(mut ch) =
+                best_new_type(&c, pin, &shape.req, cap, remaining, headroom, aggregate)
+            {
+                if let Some(total) = aggregate {
+                    // This group's share of each of the nodes the whole mix needs.
+                    let nodes =
+                        super::select::nodes_to_cover(&self.room[pi][ch.ty], &shape.req, total);
+                    if nodes.is_finite() && nodes >= 1.0 {
+                        let share = (f64::from(remaining) / nodes).ceil() as u32;
+                        ch.count = ch.count.min(share.max(1));
+                    }
+                }
                 return Some((pi, ch));
             }
         }
