@@ -227,7 +227,8 @@ fn summary(label: &str, input: &PlanInput<'_>) {
                 q.claims.len()
             );
         }
-        let mut by_type: BTreeMap<(String, String), (usize, usize, f64)> = BTreeMap::new();
+        let mut by_type: BTreeMap<(String, String), (usize, usize, f64, i64, i64)> =
+            BTreeMap::new();
         for c in &p.claims {
             let e = by_type
                 .entry((c.pool.clone(), c.options[0].instance_type.clone()))
@@ -235,9 +236,22 @@ fn summary(label: &str, input: &PlanInput<'_>) {
             e.0 += 1;
             e.1 += c.pods.len();
             e.2 += c.price;
+            e.3 += c.requests.cpu;
+            e.4 += c.requests.memory;
         }
-        for ((pool, t), (n, pods, cost)) in by_type {
-            println!("  {pool} {t}: {n} nodes, {pods} pods, ${cost:.3}/h");
+        for ((pool, t), (n, pods, cost, cpu, mem)) in by_type {
+            let it = input.catalog.get(&t);
+            let (ac, am, ap) = it.map_or((0, 0, 0), |t| {
+                let a = t.allocatable(None);
+                (a.cpu, a.memory, a.pods)
+            });
+            let n64 = n as i64;
+            println!(
+                "  {pool} {t}: {n} nodes, {pods} pods, ${cost:.3}/h, cpu {:.0}% mem {:.0}% pods {:.0}%",
+                100.0 * cpu as f64 / (ac * n64).max(1) as f64,
+                100.0 * mem as f64 / (am * n64).max(1) as f64,
+                100.0 * pods as f64 / (ap * n64).max(1) as f64
+            );
         }
     }
     println!(
