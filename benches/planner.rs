@@ -219,13 +219,27 @@ fn summary(label: &str, input: &PlanInput<'_>) {
     let placed: usize = p.claims.iter().map(|c| c.pods.len()).sum();
     if std::env::var_os("PLANNER_BENCH_DUMP").is_some() {
         use gantry::plan::binpack::{Packer, Strategy};
-        for st in [Strategy::PerPod, Strategy::Proportional] {
+        for st in [
+            Strategy::PerPod,
+            Strategy::Fractional,
+            Strategy::Proportional,
+        ] {
             let q = Packer::new(input).run_with(st);
             println!(
                 "  {st:?}: cost={:.3} nodes={}",
                 q.cost_per_hour(),
                 q.claims.len()
             );
+            let mut by: BTreeMap<String, (usize, usize, f64)> = BTreeMap::new();
+            for c in &q.claims {
+                let e = by.entry(c.options[0].instance_type.clone()).or_default();
+                e.0 += 1;
+                e.1 += c.pods.len();
+                e.2 += c.price;
+            }
+            for (t, (n, pods, cost)) in by {
+                println!("    {t}: {n} nodes {pods} pods ${cost:.3}");
+            }
         }
         let mut by_type: BTreeMap<(String, String), (usize, usize, f64, i64, i64)> =
             BTreeMap::new();

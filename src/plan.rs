@@ -170,15 +170,19 @@ impl Plan {
 /// Every pod appears exactly once: in a claim, a placement, or `unschedulable`. Every claim's
 /// options hold its pods plus the pool's DaemonSet overhead, cheapest first.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
+    use binpack::Strategy;
     let packer = binpack::Packer::new(input);
-    let per_pod = packer.clone().run_with(binpack::Strategy::PerPod);
-    let proportional = packer.run_with(binpack::Strategy::Proportional);
-    // Fewer unschedulable pods first, then the cheaper fleet.
-    let key = |p: &Plan| (p.unschedulable.len(), p.cost_per_hour());
-    let (a, b) = (key(&per_pod), key(&proportional));
-    if b.0 < a.0 || (b.0 == a.0 && b.1 < a.1 - 1e-9) {
-        proportional
-    } else {
-        per_pod
+    let mut best = packer.clone().run_with(Strategy::PerPod);
+    for strategy in [Strategy::Fractional, Strategy::Proportional] {
+        let candidate = packer.clone().run_with(strategy);
+        // Fewer unschedulable pods first, then the cheaper fleet.
+        let (a, b) = (
+            (best.unschedulable.len(), best.cost_per_hour()),
+            (candidate.unschedulable.len(), candidate.cost_per_hour()),
+        );
+        if b.0 < a.0 || (b.0 == a.0 && b.1 < a.1 - 1e-9) {
+            best = candidate;
+        }
     }
+    best
 }

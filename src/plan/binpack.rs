@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use super::select::{
-    Amount, Candidate, DIMS, Ranked, TypePrices, best_new_type, fit_count, offering_bit,
+    Amount, Candidate, DIMS, Ranked, Scoring, TypePrices, best_new_type, fit_count, offering_bit,
     rank_options, zone_bits,
 };
 use super::{ClaimOption, NewClaim, Placement, Plan, PlanInput, PodView, Target, Unplaceable};
@@ -117,6 +117,8 @@ pub struct Packer<'a> {
 pub enum Strategy {
     /// Each group fills new bins of its own cheapest type per pod.
     PerPod,
+    /// Like `PerPod`, but room left beyond whole pods counts, since later groups fill it.
+    Fractional,
     /// New bins are of the type that covers the pool's whole remaining mix most cheaply, and
     /// each group takes only its share of each, leaving room for complementary pods.
     Proportional,
@@ -903,7 +905,7 @@ impl<'a> Packer<'a> {
                 u32::MAX,
                 n,
                 (i64::MAX, i64::MAX),
-                None,
+                Scoring::PerPod,
             ) && let Some((bit, _)) = self.prices[ch.ty].cheapest(compat[ch.ty])
             {
                 return Some(usize::from(bit) / 2);
@@ -1078,12 +1080,16 @@ impl<'a> Packer<'a> {
                 capacity: &self.capacity,
                 preference: shape.preference[pi].as_deref(),
             };
-            let proportional = self.strategy == Strategy::Proportional && !shape.node_topology;
-            let aggregate = proportional.then(|| &self.aggregate[pi]);
+            let scoring = match self.strategy {
+                _ if shape.node_topology => Scoring::PerPod,
+                Strategy::PerPod => Scoring::PerPod,
+                Strategy::Fractional => Scoring::Fractional,
+                Strategy::Proportional => Scoring::Aggregate(&self.aggregate[pi]),
+            };
             if let Some(mut ch) =
-                best_new_type(&c, pin, &shape.req, cap, remaining, headroom, aggregate)
+                best_new_type(&c, pin, &shape.req, cap, remaining, headroom, scoring)
             {
-                if let Some(total) = aggregate {
+                if let Scoring::Aggregate(total) = scoring {
                     // This group's share of each of the nodes the whole mix needs.
                     let nodes =
                         super::select::nodes_to_cover(&self.room[pi][ch.ty], &shape.req, total);

@@ -97,6 +97,17 @@ pub struct Choice {
     pub price: f64,
 }
 
+/// How `best_new_type` scores a type.
+#[derive(Debug, Clone, Copy)]
+pub enum Scoring<'a> {
+    /// Price per whole pod of the group placed.
+    PerPod,
+    /// Price per pod, counting the fractional room left over (which later groups fill).
+    Fractional,
+    /// Price of covering this whole remaining demand with the type alone.
+    Aggregate(&'a Amount),
+}
+
 /// Picks the type for a new bin; ties go to the preferred, then the cheaper type.
 ///
 /// Without `aggregate`, the least price per pod placed wins, counting at most `remaining` pods
@@ -110,7 +121,7 @@ pub fn best_new_type(
     cap: u32,
     remaining: u32,
     headroom: (i64, i64),
-    aggregate: Option<&Amount>,
+    scoring: Scoring<'_>,
 ) -> Option<Choice> {
     let mut best: Option<(f64, i32, Choice)> = None;
     for (ty, &m) in c.compat.iter().enumerate() {
@@ -129,9 +140,19 @@ pub fn best_new_type(
         let Some((_, price)) = c.prices[ty].cheapest(mask) else {
             continue;
         };
-        let per_pod = match aggregate {
-            Some(total) => price * nodes_to_cover(&c.room[ty], req, total).max(1e-12),
-            None => price / f64::from(k),
+        let per_pod = match scoring {
+            Scoring::Aggregate(total) => price * nodes_to_cover(&c.room[ty], req, total).max(1e-12),
+            Scoring::PerPod => price / f64::from(k),
+            Scoring::Fractional => {
+                // Room beyond whole pods is credited, since later groups fill it.
+                let mut frac = f64::INFINITY;
+                for d in 0..DIMS {
+                    if req[d] > 0 {
+                        frac = frac.min(c.room[ty][d] as f64 / req[d] as f64);
+                    }
+                }
+                price / frac.min(f64::from(remaining.min(cap))).max(f64::from(k))
+            }
         };
         let pref = c.preference.map_or(0, |p| p[ty]);
         let better = match &best {
@@ -266,15 +287,40 @@ mod tests {
         };
         let mut req = amt(1000, 10);
         req[3] = 1;
-        let ch =
-            best_new_type(&c, u64::MAX, &req, u32::MAX, 10, (i64::MAX, i64::MAX), None).unwrap();
+        let ch = best_new_type(
+            &c,
+            u64::MAX,
+            &req,
+            u32::MAX,
+            10,
+            (i64::MAX, i64::MAX),
+            Scoring::PerPod,
+        )
+        .unwrap();
         assert_eq!((ch.ty, ch.count), (1, 4));
         // With one pod left, the small type is cheaper per pod.
-        let ch =
-            best_new_type(&c, u64::MAX, &req, u32::MAX, 1, (i64::MAX, i64::MAX), None).unwrap();
+        let ch = best_new_type(
+            &c,
+            u64::MAX,
+            &req,
+            u32::MAX,
+            1,
+            (i64::MAX, i64::MAX),
+            Scoring::PerPod,
+        )
+        .unwrap();
         assert_eq!(ch.ty, 0);
         // A pool limit rules the big type out.
-        let ch = best_new_type(&c, u64::MAX, &req, u32::MAX, 10, (2000, i64::MAX), None).unwrap();
+        let ch = best_new_type(
+            &c,
+            u64::MAX,
+            &req,
+            u32::MAX,
+            10,
+            (2000, i64::MAX),
+            Scoring::PerPod,
+        )
+        .unwrap();
         assert_eq!(ch.ty, 0);
         let ranked = rank_options(&room, &prices, &amt(900, 10), |_| 1);
         assert_eq!(ranked.iter().map(|r| r.ty).collect::<Vec<_>>(), vec![0, 1]);
