@@ -145,12 +145,12 @@ pub fn best_new_type(
             Scoring::PerPod => price / f64::from(k),
             Scoring::Fractional => {
                 // Room beyond whole pods is credited, since later groups fill it.
-                let mut frac = f64::INFINITY;
-                for d in 0..DIMS {
-                    if req[d] > 0 {
-                        frac = frac.min(c.room[ty][d] as f64 / req[d] as f64);
-                    }
-                }
+                let frac = c.room[ty]
+                    .iter()
+                    .zip(req)
+                    .filter(|(_, r)| **r > 0)
+                    .map(|(room, r)| *room as f64 / *r as f64)
+                    .fold(f64::INFINITY, f64::min);
                 price / frac.min(f64::from(remaining.min(cap))).max(f64::from(k))
             }
         };
