@@ -241,8 +241,9 @@ fn summary(label: &str, input: &PlanInput<'_>) {
                 println!("    {t}: {n} nodes {pods} pods ${cost:.3}");
             }
         }
-        let mut by_type: BTreeMap<(String, String), (usize, usize, f64, i64, i64)> =
-            BTreeMap::new();
+        // (nodes, pods, $/h, cpu requested, memory requested) by (pool, type).
+        type Tally = (usize, usize, f64, i64, i64);
+        let mut by_type: BTreeMap<(String, String), Tally> = BTreeMap::new();
         for c in &p.claims {
             let e = by_type
                 .entry((c.pool.clone(), c.options[0].instance_type.clone()))
