@@ -1228,17 +1228,9 @@ impl<'a> Packer<'a> {
         true
     }
 
-    /// Merges pairs of new bins when one node for both is cheaper than the two: this recovers
-    /// per-node reservations and pairs pods whose resources complement each other.
-    fn merge_bins(&self, bins: &mut [Bin]) {
-        let ids: Vec<usize> = (0..bins.len())
-            .filter(|b| matches!(bins[*b].kind, BinKind::New { .. }) && !bins[*b].pods.is_empty())
-            .collect();
-        if ids.len() < 2 {
-            return;
-        }
-        // Per pool: types with a price floor (cheapest offering the pool allows), cheapest first.
-        let type_order: Vec<Vec<(usize, f64)>> = (0..self.input.pools.len())
+    /// Per pool: types with a price floor (the cheapest offering the pool allows), cheapest first.
+    fn type_order(&self) -> Vec<Vec<(usize, f64)>> {
+        (0..self.input.pools.len())
             .map(|p| {
                 let mut v: Vec<(usize, f64)> = (0..self.prices.len())
                     .filter_map(|t| {
@@ -1250,7 +1242,143 @@ impl<'a> Packer<'a> {
                 v.sort_by(|a, b| a.1.total_cmp(&b.1));
                 v
             })
+            .collect()
+    }
+
+    /// Empties the cheapest new bins into the room other bins have left on their own cheapest
+    /// type, so the emptied node is not bought at all and no other node grows.
+    fn absorb_bins(&self, bins: &mut [Bin], type_order: &[Vec<(usize, f64)>]) {
+        let ids: Vec<usize> = (0..bins.len())
+            .filter(|b| matches!(bins[*b].kind, BinKind::New { .. }) && !bins[*b].pods.is_empty())
             .collect();
+        if ids.len() < 2 {
+            return;
+        }
+        let mut shape_of = vec![usize::MAX; self.input.pods.len()];
+        for (si, shape) in self.shapes.iter().enumerate() {
+            for p in &shape.pods {
+                shape_of[*p] = si;
+            }
+        }
+        // Current cheapest type, price and free room of each bin.
+        let mut state: Vec<(usize, usize, f64, Amount)> = Vec::with_capacity(ids.len());
+        for &b in &ids {
+            let bin = &bins[b];
+            let BinKind::New { pool, .. } = bin.kind else {
+                continue;
+            };
+            let mut used = [0i64; DIMS];
+            for (s, c) in &bin.members {
+                let add = scaled(&self.shapes[*s].req, *c);
+                for d in 0..DIMS {
+                    used[d] += add[d];
+                }
+            }
+            let Some((ty, price)) = type_order.get(pool).and_then(|o| {
+                self.cheapest_type(o, pool, bin.pin, &bin.members, &used, f64::INFINITY)
+            }) else {
+                return;
+            };
+            let mut free = self.room[pool][ty];
+            sub(&mut free, &used);
+            state.push((pool, ty, price, free));
+        }
+        if state.len() != ids.len() {
+            return;
+        }
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by(|a, b| state[*a].2.total_cmp(&state[*b].2));
+        let mut alive = vec![true; ids.len()];
+        const CANDIDATES: usize = 128;
+        for &a in &order {
+            if !alive[a] {
+                continue;
+            }
+            let ba = &bins[ids[a]];
+            let (pool, _, _, _) = state[a];
+            let mut moves: Vec<(usize, usize, u32)> = Vec::new();
+            let mut trial: Vec<(usize, Amount)> = Vec::new();
+            let mut ok = true;
+            for &(s, count) in &ba.members {
+                let req = self.shapes[s].req;
+                let mut left = count;
+                for &b in order.iter().rev().take(CANDIDATES) {
+                    if left == 0 {
+                        break;
+                    }
+                    if b == a || !alive[b] || state[b].0 != pool {
+                        continue;
+                    }
+                    let slot = trial.iter().position(|(x, _)| *x == b);
+                    let free = slot.map_or(&state[b].3, |i| &trial[i].1);
+                    if fit_count(free, &req) == 0 {
+                        continue;
+                    }
+                    let bb = &bins[ids[b]];
+                    let ty_b = state[b].1;
+                    let compat = self.shapes[s].compat[pool].as_ref().map_or(0, |c| c[ty_b]);
+                    if compat & self.members_mask(pool, bb.pin & ba.pin, &bb.members, ty_b) == 0
+                        || !self.may_share(&ba.members, &bb.members)
+                    {
+                        continue;
+                    }
+                    let slot = match slot {
+                        Some(i) => i,
+                        None => {
+                            trial.push((b, state[b].3));
+                            trial.len() - 1
+                        }
+                    };
+                    let k = fit_count(&trial[slot].1, &req).min(left);
+                    if k > 0 {
+                        sub(&mut trial[slot].1, &scaled(&req, k));
+                        moves.push((b, s, k));
+                        left -= k;
+                    }
+                }
+                if left > 0 {
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok {
+                continue;
+            }
+            // Commit: hand each shape's pods to the bins that took them.
+            let mut pods_by_shape: HashMap<usize, Vec<usize>> = HashMap::new();
+            for p in std::mem::take(&mut bins[ids[a]].pods) {
+                pods_by_shape.entry(shape_of[p]).or_default().push(p);
+            }
+            let pin_a = bins[ids[a]].pin;
+            bins[ids[a]].members.clear();
+            for (b, s, k) in moves {
+                let target = &mut bins[ids[b]];
+                if let Some(list) = pods_by_shape.get_mut(&s) {
+                    let at = list.len().saturating_sub(k as usize);
+                    target.pods.extend(list.drain(at..));
+                }
+                match target.members.iter_mut().find(|(m, _)| *m == s) {
+                    Some(e) => e.1 += k,
+                    None => target.members.push((s, k)),
+                }
+                target.pin &= pin_a;
+            }
+            for (b, free) in trial {
+                state[b].3 = free;
+            }
+            alive[a] = false;
+        }
+    }
+
+    /// Merges pairs of new bins when one node for both is cheaper than the two: this recovers
+    /// per-node reservations and pairs pods whose resources complement each other.
+    fn merge_bins(&self, bins: &mut [Bin], type_order: &[Vec<(usize, f64)>]) {
+        let ids: Vec<usize> = (0..bins.len())
+            .filter(|b| matches!(bins[*b].kind, BinKind::New { .. }) && !bins[*b].pods.is_empty())
+            .collect();
+        if ids.len() < 2 {
+            return;
+        }
         let pool_of = |b: &Bin| match b.kind {
             BinKind::New { pool, .. } => pool,
             _ => usize::MAX,
@@ -1369,7 +1497,9 @@ impl<'a> Packer<'a> {
         type Key = (usize, u64, Vec<(usize, u32)>);
         let mut cache: HashMap<Key, Option<Vec<Ranked>>> = HashMap::new();
         let mut bins = std::mem::take(&mut self.bins);
-        self.merge_bins(&mut bins);
+        let type_order = self.type_order();
+        self.merge_bins(&mut bins, &type_order);
+        self.absorb_bins(&mut bins, &type_order);
         for bin in bins {
             if bin.pods.is_empty() {
                 continue;
