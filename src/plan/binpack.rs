@@ -1203,8 +1203,14 @@ impl<'a> Packer<'a> {
         best
     }
 
-    /// Whether two member lists may share a node (anti-affinity, ports, hostname spread).
+    /// Whether two member lists may share a node (anti-affinity, ports, hostname spread), checking
+    /// the constraints of both sides.
     fn may_share(&self, a: &[(usize, u32)], b: &[(usize, u32)]) -> bool {
+        self.may_join(a, b) && self.may_join(b, a)
+    }
+
+    /// Whether `a`'s constraints allow `b` beside it.
+    fn may_join(&self, a: &[(usize, u32)], b: &[(usize, u32)]) -> bool {
         for (s, _) in a {
             let shape = &self.shapes[*s];
             if !shape.node_topology {
