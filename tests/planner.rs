@@ -647,6 +647,41 @@ spec:
             .unwrap()
             .starts_with("needs 1000 vCPU")
     );
+    // --catalog replaces the embedded catalog; offerings are every us-east-1 zone.
+    let csv = dir.path().join("types.csv");
+    std::fs::write(
+        &csv,
+        "instance_type,vcpu,memory_mib,gpus,arch,max_enis,ipv4_per_eni,max_pods,on_demand_usd_per_hour\n\
+         small.large,2,8192,0,amd64,3,10,29,0.1\n\
+         big.4xlarge,16,65536,0,arm64,8,30,234,0.8\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["plan", "-o", "json", "-f"])
+        .arg(&f)
+        .arg("--catalog")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for c in v["nodeclaims"].as_array().unwrap() {
+        for o in c["options"].as_array().unwrap() {
+            assert!(["small.large", "big.4xlarge"].contains(&o.as_str().unwrap()));
+        }
+        assert!(c["zones"].as_array().unwrap().len() <= 6);
+    }
+    assert!(
+        v["unschedulable"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the largest type NodePool default allows has 16"),
+        "{v}"
+    );
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
