@@ -142,14 +142,14 @@ fn to_amount(r: &Resources, ext_names: &[String]) -> Option<Amount> {
 
 fn sub(a: &mut Amount, b: &Amount) {
     for d in 0..DIMS {
-        a[d] -= b[d];
+        a[d] = a[d].saturating_sub(b[d]);
     }
 }
 
 fn scaled(a: &Amount, k: u32) -> Amount {
     let mut out = *a;
     for v in &mut out {
-        *v *= i64::from(k);
+        *v = v.saturating_mul(i64::from(k));
     }
     out
 }
@@ -721,7 +721,7 @@ impl<'a> Packer<'a> {
                 if let Some(p) = self.first_pool(s) {
                     let add = scaled(&self.shapes[s].req, self.shapes[s].pods.len() as u32);
                     for d in 0..DIMS {
-                        self.aggregate[p][d] += add[d];
+                        self.aggregate[p][d] = self.aggregate[p][d].saturating_add(add[d]);
                     }
                 }
             }
@@ -759,7 +759,7 @@ impl<'a> Packer<'a> {
             {
                 let done = scaled(&self.shapes[s].req, self.shapes[s].pods.len() as u32);
                 for d in 0..DIMS {
-                    self.aggregate[p][d] -= done[d];
+                    self.aggregate[p][d] = self.aggregate[p][d].saturating_sub(done[d]);
                 }
             }
         }
@@ -1277,7 +1277,7 @@ impl<'a> Packer<'a> {
             for (s, c) in &bin.members {
                 let add = scaled(&self.shapes[*s].req, *c);
                 for d in 0..DIMS {
-                    used[d] += add[d];
+                    used[d] = used[d].saturating_add(add[d]);
                 }
             }
             let Some((ty, price)) = type_order.get(pool).and_then(|o| {
@@ -1394,7 +1394,7 @@ impl<'a> Packer<'a> {
             for (s, c) in &b.members {
                 let add = scaled(&self.shapes[*s].req, *c);
                 for d in 0..DIMS {
-                    used[d] += add[d];
+                    used[d] = used[d].saturating_add(add[d]);
                 }
             }
             used
@@ -1446,7 +1446,7 @@ impl<'a> Packer<'a> {
                     }
                     let mut merged = used[a];
                     for d in 0..DIMS {
-                        merged[d] += used[b][d];
+                        merged[d] = merged[d].saturating_add(used[b][d]);
                     }
                     let mut members = ba.members.clone();
                     members.extend(bb.members.iter().copied());
@@ -1481,7 +1481,7 @@ impl<'a> Packer<'a> {
                     target.pods.extend(moved_pods);
                     target.pin &= pin_a;
                     for d in 0..DIMS {
-                        used[b][d] += used[a][d];
+                        used[b][d] = used[b][d].saturating_add(used[a][d]);
                     }
                     price[b] = p;
                     alive[a] = false;
@@ -1535,7 +1535,7 @@ impl<'a> Packer<'a> {
                             for (s, c) in members {
                                 let add = scaled(&self.shapes[*s].req, *c);
                                 for d in 0..DIMS {
-                                    used[d] += add[d];
+                                    used[d] = used[d].saturating_add(add[d]);
                                 }
                             }
                             let r = rank_options(&self.room[*pool], &self.prices, &used, |t| {
@@ -1639,7 +1639,7 @@ impl<'a> Packer<'a> {
                 }
             };
             for d in 0..DIMS {
-                classes[slot].1[d] += add[d];
+                classes[slot].1[d] = classes[slot].1[d].saturating_add(add[d]);
             }
             classes[slot].2.push(si);
         }
