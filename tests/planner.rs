@@ -556,6 +556,39 @@ fn existing_nodes_and_in_flight_claims_are_used_first() {
     tainted.allocatable.pods = 10;
     let p = run_with(&pods(1, "w", 500, MI), &default_pool(), &[tainted], &[]);
     assert!(p.placements.is_empty());
+    // Anti-affinity and host ports count the pods already running there.
+    let busy = NodeView {
+        name: "n3".into(),
+        allocatable: Resources {
+            cpu: 8000,
+            memory: 8 * GI,
+            pods: 10,
+            ..Default::default()
+        },
+        pods: vec![gantry::plan::PodView {
+            namespace: "ns".into(),
+            labels: BTreeMap::from([("app".to_string(), "db".to_string())]),
+            host_ports: vec![HostPort {
+                port: 9100,
+                protocol: "TCP".into(),
+                ip: String::new(),
+            }],
+        }],
+        ..Default::default()
+    };
+    let mut db = pods(1, "db", 100, MI);
+    db[0].anti_affinity_hostname.push(selects("db"));
+    let mut exporter = pods(1, "exp", 100, MI);
+    exporter[0].host_ports.push(HostPort {
+        port: 9100,
+        protocol: "TCP".into(),
+        ip: "10.0.0.1".into(),
+    });
+    let plain = pods(1, "plain", 100, MI);
+    for (p, fits) in [(db, false), (exporter, false), (plain, true)] {
+        let plan = run_with(&p, &default_pool(), std::slice::from_ref(&busy), &[]);
+        assert_eq!(plan.placements.len() == 1, fits, "{:?}", p[0].name);
+    }
 }
 
 #[test]
