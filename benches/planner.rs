@@ -218,15 +218,20 @@ fn summary(label: &str, input: &PlanInput<'_>) {
     let bound = plan_lower_bound(input, &p);
     let placed: usize = p.claims.iter().map(|c| c.pods.len()).sum();
     if std::env::var_os("PLANNER_BENCH_DUMP").is_some() {
-        use gantry::plan::binpack::{Packer, Strategy};
-        for st in [
+        use gantry::plan::binpack::{Order, Packer, Strategy};
+        let combos = [
             Strategy::PerPod,
             Strategy::Fractional,
             Strategy::Proportional,
-        ] {
-            let q = Packer::new(input).run_with(st);
+        ]
+        .into_iter()
+        .flat_map(|s| {
+            [Order::Dominant, Order::Cpu, Order::Memory, Order::Sum].map(move |o| (s, o))
+        });
+        for (st, ord) in combos {
+            let q = Packer::new(input).run_ordered(st, ord);
             println!(
-                "  {st:?}: cost={:.3} nodes={}",
+                "  {st:?}/{ord:?}: cost={:.3} nodes={}",
                 q.cost_per_hour(),
                 q.claims.len()
             );

@@ -112,7 +112,20 @@ pub struct Packer<'a> {
     aggregate: Vec<Amount>,
 }
 
-/// How new bins are chosen and filled; `plan` runs both and keeps the better plan.
+/// Which pods are packed first (always GPU pods before the rest).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Order {
+    /// The larger of vCPU and GiB ÷ 4.
+    Dominant,
+    /// vCPU.
+    Cpu,
+    /// Memory.
+    Memory,
+    /// vCPU plus GiB ÷ 4.
+    Sum,
+}
+
+/// How new bins are chosen and filled; `plan` runs several and keeps the best plan.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Strategy {
     /// Each group fills new bins of its own cheapest type per pod.
@@ -371,7 +384,7 @@ impl<'a> Packer<'a> {
                 });
             }
             let r = &shape.req;
-            shape.size = (r[0] as f64 / 1000.0).max(r[1] as f64 / f64::from(4u32 << 30))
+            shape.size = (r[0] as f64 / 1000.0).max(r[1] as f64 / (4u64 << 30) as f64)
                 + 1000.0 * r[4..].iter().sum::<i64>() as f64;
         }
         // Node-level topology: anti-affinity and host ports (symmetric), hostname spread.
@@ -711,6 +724,23 @@ impl<'a> Packer<'a> {
             .iter()
             .copied()
             .find(|p| self.shapes[s].compat[*p].is_some())
+    }
+
+    /// Runs the packing with a strategy and a packing order, and builds the plan.
+    pub fn run_ordered(mut self, strategy: Strategy, order: Order) -> Plan {
+        for shape in &mut self.shapes {
+            let r = &shape.req;
+            let cpu = r[0] as f64 / 1000.0;
+            let mem = r[1] as f64 / (4u64 << 30) as f64;
+            let base = match order {
+                Order::Dominant => cpu.max(mem),
+                Order::Cpu => cpu + mem * 1e-3,
+                Order::Memory => mem + cpu * 1e-3,
+                Order::Sum => cpu + mem,
+            };
+            shape.size = base + 1000.0 * r[4..].iter().sum::<i64>() as f64;
+        }
+        self.run_with(strategy)
     }
 
     /// Runs the packing with a strategy and builds the plan.
