@@ -1325,7 +1325,8 @@ impl<'a> Packer<'a> {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by(|a, b| state[*a].2.total_cmp(&state[*b].2));
         let mut alive = vec![true; ids.len()];
-        const CANDIDATES: usize = 128;
+        // About half a million pair checks at most: every bin for small plans, fewer for huge.
+        let candidates = (500_000 / ids.len()).max(64).min(ids.len());
         for &a in &order {
             if !alive[a] {
                 continue;
@@ -1338,7 +1339,7 @@ impl<'a> Packer<'a> {
             for &(s, count) in &ba.members {
                 let req = self.shapes[s].req;
                 let mut left = count;
-                for &b in order.iter().rev().take(CANDIDATES) {
+                for &b in order.iter().rev().take(candidates) {
                     if left == 0 {
                         break;
                     }
