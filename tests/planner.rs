@@ -786,7 +786,7 @@ fn arb_pods() -> impl Strategy<Value = Vec<PodDemand>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(32))]
 
     #[test]
     fn plans_keep_their_invariants(ps in arb_pods(), limit in prop::option::of(1i64..6)) {
@@ -809,7 +809,19 @@ proptest! {
             ..NodePoolView::default_pool()
         };
         // check_invariants asserts inside run.
-        let p = run(&ps, &[spot, od]);
+        let pools = [spot, od];
+        let p = run(&ps, &pools);
         prop_assert!(p.claims.iter().all(|c| !c.pods.is_empty()));
+        // The LP bound really is a lower bound.
+        let input = PlanInput {
+            pods: &ps,
+            pools: &pools,
+            catalog: catalog(),
+            nodes: &[],
+            in_flight: &[],
+            now: jiff::Timestamp::UNIX_EPOCH,
+        };
+        let lb = plan_lower_bound(&input, &p);
+        prop_assert!(lb <= p.cost_per_hour() * (1.0 + 1e-6) + 1e-9, "bound {lb} > cost {}", p.cost_per_hour());
     }
 }
