@@ -13,10 +13,10 @@
 // Index loops over parallel per-type and per-dimension arrays read clearer than zips here.
 #![allow(clippy::needless_range_loop)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use super::select::{
-    Amount, Candidate, DIMS, Ranked, TypePrices, best_new_type, fit_count, offering_bit,
+    Amount, Candidate, DIMS, Ranked, Scoring, TypePrices, best_new_type, fit_count, offering_bit,
     rank_options, zone_bits,
 };
 use super::{ClaimOption, NewClaim, Placement, Plan, PlanInput, PodView, Target, Unplaceable};
@@ -32,6 +32,7 @@ use crate::model::{CapacityType, PodDemand, Resources};
 const MAX_ZONES: usize = 32;
 
 /// A group of identical pending pods.
+#[derive(Clone)]
 struct Shape {
     /// Indices into the input pods; `[0]` is the representative.
     pods: Vec<usize>,
@@ -62,6 +63,7 @@ enum BinKind {
 }
 
 /// A node being filled.
+#[derive(Clone)]
 struct Bin {
     kind: BinKind,
     /// Room left.
@@ -74,9 +76,12 @@ struct Bin {
     pods: Vec<usize>,
     /// Pods already on existing capacity (for topology).
     resident: Option<usize>,
+    /// Offerings allowed by the zone pins of the subgroups placed here (type-independent).
+    pin: u64,
 }
 
 /// Planner state for one round.
+#[derive(Clone)]
 pub struct Packer<'a> {
     input: PlanInput<'a>,
     zones: Vec<String>,
@@ -101,6 +106,35 @@ pub struct Packer<'a> {
     placements: Vec<Placement>,
     /// Smallest request of any shape per dimension, to close bins that can take nothing more.
     min_req: Amount,
+    /// Spread each group over the nodes the whole mix needs (see [`Strategy`]).
+    strategy: Strategy,
+    /// Per pool: demand of the unpacked shapes that pool is first to take.
+    aggregate: Vec<Amount>,
+}
+
+/// Which pods are packed first (always GPU pods before the rest).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Order {
+    /// The larger of vCPU and GiB ÷ 4.
+    Dominant,
+    /// vCPU.
+    Cpu,
+    /// Memory.
+    Memory,
+    /// vCPU plus GiB ÷ 4.
+    Sum,
+}
+
+/// How new bins are chosen and filled; `plan` runs several and keeps the best plan.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Strategy {
+    /// Each group fills new bins of its own cheapest type per pod.
+    PerPod,
+    /// Like `PerPod`, but room left beyond whole pods counts, since later groups fill it.
+    Fractional,
+    /// New bins are of the type that covers the pool's whole remaining mix most cheaply, and
+    /// each group takes only its share of each, leaving room for complementary pods.
+    Proportional,
 }
 
 fn to_amount(r: &Resources, ext_names: &[String]) -> Option<Amount> {
@@ -121,14 +155,14 @@ fn to_amount(r: &Resources, ext_names: &[String]) -> Option<Amount> {
 
 fn sub(a: &mut Amount, b: &Amount) {
     for d in 0..DIMS {
-        a[d] -= b[d];
+        a[d] = a[d].saturating_sub(b[d]);
     }
 }
 
 fn scaled(a: &Amount, k: u32) -> Amount {
     let mut out = *a;
     for v in &mut out {
-        *v *= i64::from(k);
+        *v = v.saturating_mul(i64::from(k));
     }
     out
 }
@@ -247,6 +281,8 @@ impl<'a> Packer<'a> {
             unplaced: Vec::new(),
             placements: Vec::new(),
             min_req: [i64::MAX; DIMS],
+            strategy: Strategy::PerPod,
+            aggregate: vec![[0; DIMS]; input.pools.len()],
         };
         p.build_shapes();
         p.build_existing();
@@ -348,7 +384,7 @@ impl<'a> Packer<'a> {
                 });
             }
             let r = &shape.req;
-            shape.size = (r[0] as f64 / 1000.0).max(r[1] as f64 / f64::from(4u32 << 30))
+            shape.size = (r[0] as f64 / 1000.0).max(r[1] as f64 / (4u64 << 30) as f64)
                 + 1000.0 * r[4..].iter().sum::<i64>() as f64;
         }
         // Node-level topology: anti-affinity and host ports (symmetric), hostname spread.
@@ -435,6 +471,7 @@ impl<'a> Packer<'a> {
                 members: Vec::new(),
                 pods: Vec::new(),
                 resident: Some(self.residents.len() - 1),
+                pin: u64::MAX,
             });
             if let Some(p) = node.pool.as_deref().and_then(|p| self.pool_index(p)) {
                 let u = &mut self.pool_used[p];
@@ -468,6 +505,7 @@ impl<'a> Packer<'a> {
                 members: Vec::new(),
                 pods: Vec::new(),
                 resident: Some(self.residents.len() - 1),
+                pin: u64::MAX,
             });
             if let Some(p) = self.pool_index(&claim.pool) {
                 let biggest = claim
@@ -664,6 +702,7 @@ impl<'a> Packer<'a> {
         }
         if let BinKind::New { pool, ty } = bin.kind {
             bin.mask &= self.shapes[s].compat[pool].as_ref().map_or(0, |c| c[ty]) & pin;
+            bin.pin &= pin;
         }
         let take = cursor.len() - k as usize;
         bin.pods.extend(cursor.drain(take..));
@@ -677,6 +716,47 @@ impl<'a> Packer<'a> {
             self.placed_zone[s][z] += k;
         }
         k
+    }
+
+    /// The first pool (by weight) that can take shape `s` on a new node.
+    fn first_pool(&self, s: usize) -> Option<usize> {
+        self.pool_order
+            .iter()
+            .copied()
+            .find(|p| self.shapes[s].compat[*p].is_some())
+    }
+
+    /// Runs the packing with a strategy and a packing order, and builds the plan.
+    pub fn run_ordered(mut self, strategy: Strategy, order: Order) -> Plan {
+        for shape in &mut self.shapes {
+            let r = &shape.req;
+            let cpu = r[0] as f64 / 1000.0;
+            let mem = r[1] as f64 / (4u64 << 30) as f64;
+            let base = match order {
+                Order::Dominant => cpu.max(mem),
+                Order::Cpu => cpu + mem * 1e-3,
+                Order::Memory => mem + cpu * 1e-3,
+                Order::Sum => cpu + mem,
+            };
+            shape.size = base + 1000.0 * r[4..].iter().sum::<i64>() as f64;
+        }
+        self.run_with(strategy)
+    }
+
+    /// Runs the packing with a strategy and builds the plan.
+    pub fn run_with(mut self, strategy: Strategy) -> Plan {
+        self.strategy = strategy;
+        if strategy == Strategy::Proportional {
+            for s in 0..self.shapes.len() {
+                if let Some(p) = self.first_pool(s) {
+                    let add = scaled(&self.shapes[s].req, self.shapes[s].pods.len() as u32);
+                    for d in 0..DIMS {
+                        self.aggregate[p][d] = self.aggregate[p][d].saturating_add(add[d]);
+                    }
+                }
+            }
+        }
+        self.run()
     }
 
     /// Runs the packing and builds the plan.
@@ -703,6 +783,14 @@ impl<'a> Packer<'a> {
                 let mut cursor = pods;
                 cursor.reverse();
                 self.place_group(s, pin, &mut cursor, existing, &mut open);
+            }
+            if self.strategy == Strategy::Proportional
+                && let Some(p) = self.first_pool(s)
+            {
+                let done = scaled(&self.shapes[s].req, self.shapes[s].pods.len() as u32);
+                for d in 0..DIMS {
+                    self.aggregate[p][d] = self.aggregate[p][d].saturating_sub(done[d]);
+                }
             }
         }
         self.finish()
@@ -840,9 +928,15 @@ impl<'a> Packer<'a> {
                 preference: None,
             };
             let n = u32::try_from(shape.pods.len()).unwrap_or(u32::MAX);
-            if let Some(ch) =
-                best_new_type(&c, u64::MAX, &shape.req, u32::MAX, n, (i64::MAX, i64::MAX))
-                && let Some((bit, _)) = self.prices[ch.ty].cheapest(compat[ch.ty])
+            if let Some(ch) = best_new_type(
+                &c,
+                u64::MAX,
+                &shape.req,
+                u32::MAX,
+                n,
+                (i64::MAX, i64::MAX),
+                Scoring::PerPod,
+            ) && let Some((bit, _)) = self.prices[ch.ty].cheapest(compat[ch.ty])
             {
                 return Some(usize::from(bit) / 2);
             }
@@ -942,13 +1036,14 @@ impl<'a> Packer<'a> {
                 members: Vec::new(),
                 pods: Vec::new(),
                 resident: None,
+                pin,
             });
             let (cpu, mem) = self.capacity[ch.ty];
             let u = &mut self.pool_used[pool];
             u.0 += cpu;
             u.1 += mem;
             u.2 += 1;
-            let placed = self.put(s, b, remaining, cursor, pin);
+            let placed = self.put(s, b, ch.count.min(remaining), cursor, pin);
             if placed == 0 {
                 // Cannot happen (the type was chosen to fit); stop rather than loop.
                 let rest: Vec<usize> = std::mem::take(cursor);
@@ -1015,7 +1110,24 @@ impl<'a> Packer<'a> {
                 capacity: &self.capacity,
                 preference: shape.preference[pi].as_deref(),
             };
-            if let Some(ch) = best_new_type(&c, pin, &shape.req, cap, remaining, headroom) {
+            let scoring = match self.strategy {
+                _ if shape.node_topology => Scoring::PerPod,
+                Strategy::PerPod => Scoring::PerPod,
+                Strategy::Fractional => Scoring::Fractional,
+                Strategy::Proportional => Scoring::Aggregate(&self.aggregate[pi]),
+            };
+            if let Some(mut ch) =
+                best_new_type(&c, pin, &shape.req, cap, remaining, headroom, scoring)
+            {
+                if let Scoring::Aggregate(total) = scoring {
+                    // This group's share of each of the nodes the whole mix needs.
+                    let nodes =
+                        super::select::nodes_to_cover(&self.room[pi][ch.ty], &shape.req, total);
+                    if nodes.is_finite() && nodes >= 1.0 {
+                        let share = (f64::from(remaining) / nodes).ceil() as u32;
+                        ch.count = ch.count.min(share.max(1));
+                    }
+                }
                 return Some((pi, ch));
             }
         }
@@ -1081,6 +1193,338 @@ impl<'a> Packer<'a> {
             .collect()
     }
 
+    /// Offerings every member allows on type `ty` of `pool`, within `pin`.
+    fn members_mask(&self, pool: usize, pin: u64, members: &[(usize, u32)], ty: usize) -> u64 {
+        let mut m = pin;
+        for (s, _) in members {
+            m &= self.shapes[*s].compat[pool].as_ref().map_or(0, |c| c[ty]);
+            if m == 0 {
+                break;
+            }
+        }
+        m
+    }
+
+    /// The cheapest type of `pool` that holds `used` for `members`, as `(type, price)`.
+    fn cheapest_type(
+        &self,
+        order: &[(usize, f64)],
+        pool: usize,
+        pin: u64,
+        members: &[(usize, u32)],
+        used: &Amount,
+        limit: f64,
+    ) -> Option<(usize, f64)> {
+        let mut best: Option<(usize, f64)> = None;
+        for &(t, floor) in order {
+            if floor >= best.map_or(limit, |(_, p)| p.min(limit)) {
+                break;
+            }
+            if !super::select::holds(&self.room[pool][t], used) {
+                continue;
+            }
+            let m = self.members_mask(pool, pin, members, t);
+            if let Some((_, price)) = self.prices[t].cheapest(m)
+                && best.is_none_or(|(_, p)| price < p)
+            {
+                best = Some((t, price));
+            }
+        }
+        best
+    }
+
+    /// Whether two member lists may share a node (anti-affinity, ports, hostname spread), checking
+    /// the constraints of both sides.
+    fn may_share(&self, a: &[(usize, u32)], b: &[(usize, u32)]) -> bool {
+        self.may_join(a, b) && self.may_join(b, a)
+    }
+
+    /// Whether `a`'s constraints allow `b` beside it.
+    fn may_join(&self, a: &[(usize, u32)], b: &[(usize, u32)]) -> bool {
+        for (s, _) in a {
+            let shape = &self.shapes[*s];
+            if !shape.node_topology {
+                continue;
+            }
+            if b.iter().any(|(t, _)| has_bit(&shape.conflicts, *t)) {
+                return false;
+            }
+            for (max, set) in &shape.host_spread {
+                let n: u32 = a
+                    .iter()
+                    .chain(b)
+                    .filter(|(t, _)| has_bit(set, *t))
+                    .map(|(_, c)| *c)
+                    .sum();
+                if n > *max {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Per pool: types with a price floor (the cheapest offering the pool allows), cheapest first.
+    fn type_order(&self) -> Vec<Vec<(usize, f64)>> {
+        (0..self.input.pools.len())
+            .map(|p| {
+                let mut v: Vec<(usize, f64)> = (0..self.prices.len())
+                    .filter_map(|t| {
+                        self.prices[t]
+                            .cheapest(self.pool_mask[p][t])
+                            .map(|(_, price)| (t, price))
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.1.total_cmp(&b.1));
+                v
+            })
+            .collect()
+    }
+
+    /// Empties the cheapest new bins into the room other bins have left on their own cheapest
+    /// type, so the emptied node is not bought at all and no other node grows.
+    fn absorb_bins(&self, bins: &mut [Bin], type_order: &[Vec<(usize, f64)>]) {
+        let ids: Vec<usize> = (0..bins.len())
+            .filter(|b| matches!(bins[*b].kind, BinKind::New { .. }) && !bins[*b].pods.is_empty())
+            .collect();
+        if ids.len() < 2 {
+            return;
+        }
+        let mut shape_of = vec![usize::MAX; self.input.pods.len()];
+        for (si, shape) in self.shapes.iter().enumerate() {
+            for p in &shape.pods {
+                shape_of[*p] = si;
+            }
+        }
+        // Current cheapest type, price and free room of each bin.
+        let mut state: Vec<(usize, usize, f64, Amount)> = Vec::with_capacity(ids.len());
+        for &b in &ids {
+            let bin = &bins[b];
+            let BinKind::New { pool, .. } = bin.kind else {
+                continue;
+            };
+            let mut used = [0i64; DIMS];
+            for (s, c) in &bin.members {
+                let add = scaled(&self.shapes[*s].req, *c);
+                for d in 0..DIMS {
+                    used[d] = used[d].saturating_add(add[d]);
+                }
+            }
+            let Some((ty, price)) = type_order.get(pool).and_then(|o| {
+                self.cheapest_type(o, pool, bin.pin, &bin.members, &used, f64::INFINITY)
+            }) else {
+                return;
+            };
+            let mut free = self.room[pool][ty];
+            sub(&mut free, &used);
+            state.push((pool, ty, price, free));
+        }
+        if state.len() != ids.len() {
+            return;
+        }
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by(|a, b| state[*a].2.total_cmp(&state[*b].2));
+        let mut alive = vec![true; ids.len()];
+        // About half a million pair checks at most: every bin for small plans, fewer for huge.
+        let candidates = (500_000 / ids.len()).max(64).min(ids.len());
+        for &a in &order {
+            if !alive[a] {
+                continue;
+            }
+            let ba = &bins[ids[a]];
+            let (pool, _, _, _) = state[a];
+            let mut moves: Vec<(usize, usize, u32)> = Vec::new();
+            let mut trial: Vec<(usize, Amount)> = Vec::new();
+            let mut ok = true;
+            for &(s, count) in &ba.members {
+                let req = self.shapes[s].req;
+                let mut left = count;
+                for &b in order.iter().rev().take(candidates) {
+                    if left == 0 {
+                        break;
+                    }
+                    if b == a || !alive[b] || state[b].0 != pool {
+                        continue;
+                    }
+                    let slot = trial.iter().position(|(x, _)| *x == b);
+                    let free = slot.map_or(&state[b].3, |i| &trial[i].1);
+                    if fit_count(free, &req) == 0 {
+                        continue;
+                    }
+                    let bb = &bins[ids[b]];
+                    let ty_b = state[b].1;
+                    let compat = self.shapes[s].compat[pool].as_ref().map_or(0, |c| c[ty_b]);
+                    if compat & self.members_mask(pool, bb.pin & ba.pin, &bb.members, ty_b) == 0
+                        || !self.may_share(&ba.members, &bb.members)
+                    {
+                        continue;
+                    }
+                    let slot = match slot {
+                        Some(i) => i,
+                        None => {
+                            trial.push((b, state[b].3));
+                            trial.len() - 1
+                        }
+                    };
+                    let k = fit_count(&trial[slot].1, &req).min(left);
+                    if k > 0 {
+                        sub(&mut trial[slot].1, &scaled(&req, k));
+                        moves.push((b, s, k));
+                        left -= k;
+                    }
+                }
+                if left > 0 {
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok {
+                continue;
+            }
+            // Commit: hand each shape's pods to the bins that took them.
+            let mut pods_by_shape: HashMap<usize, Vec<usize>> = HashMap::new();
+            for p in std::mem::take(&mut bins[ids[a]].pods) {
+                pods_by_shape.entry(shape_of[p]).or_default().push(p);
+            }
+            let pin_a = bins[ids[a]].pin;
+            bins[ids[a]].members.clear();
+            for (b, s, k) in moves {
+                let target = &mut bins[ids[b]];
+                if let Some(list) = pods_by_shape.get_mut(&s) {
+                    let at = list.len().saturating_sub(k as usize);
+                    target.pods.extend(list.drain(at..));
+                }
+                match target.members.iter_mut().find(|(m, _)| *m == s) {
+                    Some(e) => e.1 += k,
+                    None => target.members.push((s, k)),
+                }
+                target.pin &= pin_a;
+            }
+            for (b, free) in trial {
+                state[b].3 = free;
+            }
+            alive[a] = false;
+        }
+    }
+
+    /// Merges pairs of new bins when one node for both is cheaper than the two: this recovers
+    /// per-node reservations and pairs pods whose resources complement each other.
+    fn merge_bins(&self, bins: &mut [Bin], type_order: &[Vec<(usize, f64)>]) {
+        let ids: Vec<usize> = (0..bins.len())
+            .filter(|b| matches!(bins[*b].kind, BinKind::New { .. }) && !bins[*b].pods.is_empty())
+            .collect();
+        if ids.len() < 2 {
+            return;
+        }
+        let pool_of = |b: &Bin| match b.kind {
+            BinKind::New { pool, .. } => pool,
+            _ => usize::MAX,
+        };
+        let used_of = |b: &Bin| {
+            let mut used = [0i64; DIMS];
+            for (s, c) in &b.members {
+                let add = scaled(&self.shapes[*s].req, *c);
+                for d in 0..DIMS {
+                    used[d] = used[d].saturating_add(add[d]);
+                }
+            }
+            used
+        };
+        let mut used: Vec<Amount> = ids.iter().map(|b| used_of(&bins[*b])).collect();
+        let mut price: Vec<f64> = ids
+            .iter()
+            .zip(&used)
+            .map(|(b, u)| {
+                let bin = &bins[*b];
+                let pool = pool_of(bin);
+                type_order
+                    .get(pool)
+                    .and_then(|o| {
+                        self.cheapest_type(o, pool, bin.pin, &bin.members, u, f64::INFINITY)
+                    })
+                    .map_or(f64::INFINITY, |(_, p)| p)
+            })
+            .collect();
+        let mut alive = vec![true; ids.len()];
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by(|a, b| price[*a].total_cmp(&price[*b]));
+        let n = order.len();
+        const NEAR: usize = 8;
+        const SPREAD: usize = 16;
+        let stride = (n / SPREAD).max(1);
+        for _pass in 0..3 {
+            let mut merged_any = false;
+            for ai in 0..n {
+                let a = order[ai];
+                if !alive[a] {
+                    continue;
+                }
+                let mut best: Option<(usize, f64, f64)> = None;
+                let near = (ai + 1..n).take(NEAR);
+                let spread = (0..SPREAD).map(|k| (ai + 1 + NEAR + k * stride) % n);
+                for bj in near.chain(spread) {
+                    let b = order[bj];
+                    if b == a || !alive[b] {
+                        continue;
+                    }
+                    let (ba, bb) = (&bins[ids[a]], &bins[ids[b]]);
+                    let pool = pool_of(ba);
+                    if pool != pool_of(bb) || ba.pin & bb.pin == 0 {
+                        continue;
+                    }
+                    if !self.may_share(&ba.members, &bb.members) {
+                        continue;
+                    }
+                    let mut merged = used[a];
+                    for d in 0..DIMS {
+                        merged[d] = merged[d].saturating_add(used[b][d]);
+                    }
+                    let mut members = ba.members.clone();
+                    members.extend(bb.members.iter().copied());
+                    let limit = price[a] + price[b];
+                    let Some((_, p)) = self.cheapest_type(
+                        &type_order[pool],
+                        pool,
+                        ba.pin & bb.pin,
+                        &members,
+                        &merged,
+                        limit,
+                    ) else {
+                        continue;
+                    };
+                    let saving = price[a] + price[b] - p;
+                    if saving > 1e-9 && best.is_none_or(|(_, s, _)| saving > s) {
+                        best = Some((b, saving, p));
+                    }
+                }
+                if let Some((b, _, p)) = best {
+                    let (ia, ib) = (ids[a], ids[b]);
+                    let moved_members = std::mem::take(&mut bins[ia].members);
+                    let moved_pods = std::mem::take(&mut bins[ia].pods);
+                    let pin_a = bins[ia].pin;
+                    let target = &mut bins[ib];
+                    for (s, c) in moved_members {
+                        match target.members.iter_mut().find(|(m, _)| *m == s) {
+                            Some(e) => e.1 += c,
+                            None => target.members.push((s, c)),
+                        }
+                    }
+                    target.pods.extend(moved_pods);
+                    target.pin &= pin_a;
+                    for d in 0..DIMS {
+                        used[b][d] = used[b][d].saturating_add(used[a][d]);
+                    }
+                    price[b] = p;
+                    alive[a] = false;
+                    merged_any = true;
+                }
+            }
+            if !merged_any {
+                break;
+            }
+        }
+    }
+
     fn finish(mut self) -> Plan {
         let input = self.input;
         let mut plan = Plan {
@@ -1089,7 +1533,10 @@ impl<'a> Packer<'a> {
         };
         type Key = (usize, u64, Vec<(usize, u32)>);
         let mut cache: HashMap<Key, Option<Vec<Ranked>>> = HashMap::new();
-        let bins = std::mem::take(&mut self.bins);
+        let mut bins = std::mem::take(&mut self.bins);
+        let type_order = self.type_order();
+        self.merge_bins(&mut bins, &type_order);
+        self.absorb_bins(&mut bins, &type_order);
         for bin in bins {
             if bin.pods.is_empty() {
                 continue;
@@ -1110,8 +1557,7 @@ impl<'a> Packer<'a> {
                 BinKind::New { pool, ty } => {
                     let mut members = bin.members.clone();
                     members.sort_unstable();
-                    // The bin's pin: its mask projected to zones (type-independent part).
-                    let pin = zone_pin(bin.mask, &self.zones);
+                    let pin = bin.pin;
                     let key = (pool, pin, members);
                     let ranked = cache
                         .entry(key)
@@ -1120,7 +1566,7 @@ impl<'a> Packer<'a> {
                             for (s, c) in members {
                                 let add = scaled(&self.shapes[*s].req, *c);
                                 for d in 0..DIMS {
-                                    used[d] += add[d];
+                                    used[d] = used[d].saturating_add(add[d]);
                                 }
                             }
                             let r = rank_options(&self.room[*pool], &self.prices, &used, |t| {
@@ -1198,60 +1644,167 @@ impl<'a> Packer<'a> {
         plan
     }
 
-    /// The per-class inputs of the LP lower bound: for each set of shapes with the same
-    /// compatibility, its total demand and the candidate columns (room, price).
-    pub(crate) fn bound_classes(&self, placed_new: &[bool]) -> Vec<(Amount, Vec<(Amount, f64)>)> {
-        let mut classes: BTreeMap<Vec<Option<Vec<u64>>>, Amount> = BTreeMap::new();
-        for shape in &self.shapes {
+    /// The LP lower bound's inputs: row demands and columns `(entries, price)`.
+    ///
+    /// Pods are classed by what they may run on: the (pool, type, offering) triples their
+    /// constraints allow and their size fits (zone pins are ignored, which only relaxes the
+    /// bound). Classes share types, so their separate bounds cannot simply be added. Instead, for
+    /// each class `c`, the pods of every class whose allowed set lies inside `c`'s can only run
+    /// on `c`'s set, so the capacity bought there must cover their demand: one row per (such
+    /// set, dimension). Every integral plan satisfies every row, so the optimum is a lower bound.
+    pub(crate) fn bound_lp(&self, placed_new: &[bool]) -> (Vec<f64>, Vec<(Vec<f64>, f64)>) {
+        let input = self.input;
+        type Class = Vec<Option<Vec<u64>>>;
+        let mut classes: Vec<(&Class, Amount, Vec<usize>)> = Vec::new();
+        for (si, shape) in self.shapes.iter().enumerate() {
             let n = shape.pods.iter().filter(|p| placed_new[**p]).count() as u32;
             if n == 0 {
                 continue;
             }
-            let total = classes.entry(shape.compat.clone()).or_insert([0; DIMS]);
             let add = scaled(&shape.req, n);
+            let slot = match classes.iter().position(|(k, _, _)| **k == shape.compat) {
+                Some(i) => i,
+                None => {
+                    classes.push((&shape.compat, [0; DIMS], Vec::new()));
+                    classes.len() - 1
+                }
+            };
             for d in 0..DIMS {
-                total[d] += add[d];
+                classes[slot].1[d] = classes[slot].1[d].saturating_add(add[d]);
+            }
+            classes[slot].2.push(si);
+        }
+        let inside = |x: &Class, y: &Class| {
+            x.iter().zip(y).all(|(a, b)| match (a, b) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => a.iter().zip(b).all(|(p, q)| p & !q == 0),
+            })
+        };
+        let k = classes.len();
+        // Rows: (class whose allowed set bounds the subset, dimension, demand, subset index).
+        let mut rows: Vec<(usize, usize, f64, usize)> = Vec::new();
+        let mut subsets: Vec<Vec<bool>> = Vec::new();
+        let mut limits: Vec<UseLimits> = Vec::new();
+        for c in 0..k {
+            let members: Vec<bool> = (0..k)
+                .map(|c2| inside(classes[c2].0, classes[c].0))
+                .collect();
+            if subsets.contains(&members) {
+                continue;
+            }
+            for d in 0..DIMS {
+                let demand: i64 = (0..k)
+                    .filter(|c2| members[*c2])
+                    .map(|c2| classes[c2].1[d])
+                    .sum();
+                if demand > 0 {
+                    rows.push((c, d, demand as f64, subsets.len()));
+                }
+            }
+            let shapes = (0..k)
+                .filter(|c2| members[*c2])
+                .flat_map(|c2| classes[c2].2.iter().map(|s| &self.shapes[*s].req));
+            limits.push(UseLimits::of(shapes));
+            subsets.push(members);
+        }
+        // Columns: (pool, type, offering) at that offering's price: the cheapest offering of
+        // each class on each type.
+        let mut columns = Vec::new();
+        let mut seen: HashMap<(usize, usize, u8), ()> = HashMap::new();
+        for pi in 0..input.pools.len() {
+            for ty in 0..self.prices.len() {
+                for c in 0..k {
+                    let Some(mask) = classes[c].0[pi].as_ref().map(|m| m[ty]) else {
+                        continue;
+                    };
+                    let Some((bit, price)) = self.prices[ty].cheapest(mask) else {
+                        continue;
+                    };
+                    if seen.insert((pi, ty, bit), ()).is_some() {
+                        continue;
+                    }
+                    let room = &self.room[pi][ty];
+                    let entries: Vec<f64> = rows
+                        .iter()
+                        .map(|(owner, d, demand, subset)| {
+                            let allowed = classes[*owner].0[pi]
+                                .as_ref()
+                                .is_some_and(|m| m[ty] & (1u64 << bit) != 0);
+                            if allowed {
+                                limits[*subset].usable(room, *d) / demand
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    columns.push((entries, price));
+                }
             }
         }
-        classes
-            .into_iter()
-            .map(|(compat, demand)| {
-                let mut cols = Vec::new();
-                for ty in 0..self.prices.len() {
-                    let mut best: Option<(Amount, f64)> = None;
-                    for (pi, c) in compat.iter().enumerate() {
-                        let Some(c) = c else { continue };
-                        if let Some((_, price)) = self.prices[ty].cheapest(c[ty])
-                            && best.is_none_or(|(_, p)| price < p)
-                        {
-                            best = Some((self.room[pi][ty], price));
-                        }
-                    }
-                    cols.extend(best);
-                }
-                (demand, cols)
-            })
-            .collect()
+        (rows.iter().map(|r| r.2).collect(), columns)
     }
 }
 
-/// The zone bits of a mask, with both capacity types (the zone pin of a bin).
-fn zone_pin(mask: u64, zones: &[String]) -> u64 {
-    let mut pin = 0;
-    for z in 0..zones.len() {
-        if mask & zone_bits(z) != 0 {
-            pin |= zone_bits(z);
+/// What pods of known shapes can use of one node, for a tighter and still valid lower bound:
+/// pods whose memory per CPU is at least `r` use at most `memory ÷ r` CPU, and so on.
+struct UseLimits {
+    /// Least and most memory bytes per millicore (0 / ∞ when some pod asks no CPU).
+    mem_per_cpu: (f64, f64),
+    /// Largest request per pod, per dimension.
+    max: [f64; DIMS],
+    /// Smallest request per pod, per dimension.
+    min: [f64; DIMS],
+}
+
+impl UseLimits {
+    fn of<'s>(reqs: impl Iterator<Item = &'s Amount>) -> Self {
+        let mut l = UseLimits {
+            mem_per_cpu: (f64::INFINITY, 0.0),
+            max: [0.0; DIMS],
+            min: [f64::INFINITY; DIMS],
+        };
+        for r in reqs {
+            let ratio = if r[0] > 0 {
+                r[1] as f64 / r[0] as f64
+            } else if r[1] > 0 {
+                f64::INFINITY
+            } else {
+                0.0
+            };
+            let none_cpu = r[0] <= 0;
+            l.mem_per_cpu.0 = l.mem_per_cpu.0.min(if none_cpu { 0.0 } else { ratio });
+            l.mem_per_cpu.1 = l.mem_per_cpu.1.max(ratio);
+            for d in 0..DIMS {
+                l.max[d] = l.max[d].max(r[d] as f64);
+                l.min[d] = l.min[d].min(r[d] as f64);
+            }
         }
+        l
     }
-    // Keep the capacity-type restriction too: a spot-only bin stays spot-only.
-    let mut ct = 0u64;
-    if mask & 0x5555_5555_5555_5555 != 0 {
-        ct |= 0x5555_5555_5555_5555;
+
+    /// The most of dimension `d` such pods can use on a node with `room`.
+    fn usable(&self, room: &Amount, d: usize) -> f64 {
+        let r = |i: usize| room[i].max(0) as f64;
+        let mut u = r(d);
+        let pods = r(3);
+        match d {
+            0 if self.mem_per_cpu.0 > 0.0 => u = u.min(r(1) / self.mem_per_cpu.0),
+            1 if self.mem_per_cpu.1.is_finite() => u = u.min(r(0) * self.mem_per_cpu.1),
+            3 => {
+                for i in [0usize, 1] {
+                    if self.min[i] > 0.0 {
+                        u = u.min((r(i) / self.min[i]).floor());
+                    }
+                }
+            }
+            _ => {}
+        }
+        if d != 3 {
+            u = u.min(pods * self.max[d]);
+        }
+        u
     }
-    if mask & 0xAAAA_AAAA_AAAA_AAAA != 0 {
-        ct |= 0xAAAA_AAAA_AAAA_AAAA;
-    }
-    pin & ct
 }
 
 /// The zone of a mask when it allows exactly one.

@@ -21,7 +21,8 @@ use super::{Plan, PlanInput, binpack::Packer};
 /// The LP lower bound of the plan's new-node cost, in USD/hour.
 ///
 /// Only pods the plan puts on new claims count: pods placed on existing capacity cost nothing
-/// new, and unschedulable pods cost nothing in either.
+/// new, and unschedulable pods cost nothing in either. Returns 0 when the LP does not converge
+/// (0 is always a valid bound).
 pub fn plan_lower_bound(input: &PlanInput<'_>, plan: &Plan) -> f64 {
     let mut placed_new = vec![false; input.pods.len()];
     for c in &plan.claims {
@@ -32,16 +33,17 @@ pub fn plan_lower_bound(input: &PlanInput<'_>, plan: &Plan) -> f64 {
         }
     }
     let packer = Packer::new(input);
-    packer
-        .bound_classes(&placed_new)
-        .iter()
-        .filter_map(|(demand, cols)| cover_cost(demand, cols))
-        .sum()
+    let (rows, columns) = packer.bound_lp(&placed_new);
+    if rows.is_empty() {
+        return 0.0;
+    }
+    let a: Vec<Vec<f64>> = columns.iter().map(|(e, _)| e.clone()).collect();
+    let c: Vec<f64> = columns.iter().map(|(_, p)| *p).collect();
+    simplex_cover(&a, &c, rows.len()).unwrap_or(0.0)
 }
 
-/// The cheapest fractional cover of `demand` by columns `(room, price)`; `None` if impossible.
+/// The cheapest fractional cover of one `demand` by columns `(room, price)`; `None` if impossible.
 pub fn cover_cost(demand: &Amount, columns: &[(Amount, f64)]) -> Option<f64> {
-    // Rows: the dimensions with positive demand, scaled so each demand is 1.
     let rows: Vec<usize> = (0..DIMS).filter(|d| demand[*d] > 0).collect();
     if rows.is_empty() {
         return Some(0.0);
@@ -93,7 +95,11 @@ pub fn simplex_cover(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<f64> {
     }
     let mut xb = vec![1.0f64; m];
     let eps = 1e-11;
-    for _iter in 0..(50 * (m + 1) + 200) {
+    let max_iter = 20_000;
+    let mut converged = false;
+    for iter in 0..max_iter {
+        // Dantzig's rule, then Bland's (first improving column) to rule out cycling.
+        let bland = iter > 100 * (m + 1);
         // Duals y = c_B B⁻¹.
         let mut y = vec![0.0f64; m];
         for (k, &bj) in basis.iter().enumerate() {
@@ -116,9 +122,13 @@ pub fn simplex_cover(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<f64> {
             if d < best {
                 best = d;
                 enter = Some(j);
+                if bland {
+                    break;
+                }
             }
         }
         let Some(j) = enter else {
+            converged = true;
             break;
         };
         // Direction u = B⁻¹ A_j.
@@ -137,8 +147,8 @@ pub fn simplex_cover(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<f64> {
             }
         }
         let Some(l) = leave else {
-            // Unbounded cannot happen with non-negative costs; stop safely.
-            break;
+            // Unbounded cannot happen with non-negative costs; give up rather than guess.
+            return None;
         };
         // Pivot.
         let pivot = u[l];
@@ -156,6 +166,9 @@ pub fn simplex_cover(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<f64> {
             }
         }
         basis[l] = j;
+    }
+    if !converged {
+        return None;
     }
     let mut obj = 0.0;
     for (k, &bj) in basis.iter().enumerate() {

@@ -97,10 +97,23 @@ pub struct Choice {
     pub price: f64,
 }
 
-/// Picks the type for a new bin: least price per pod placed, counting at most `remaining` pods
-/// and at most `cap` per node; ties go to the preferred, then the cheaper type.
+/// How `best_new_type` scores a type.
+#[derive(Debug, Clone, Copy)]
+pub enum Scoring<'a> {
+    /// Price per whole pod of the group placed.
+    PerPod,
+    /// Price per pod, counting the fractional room left over (which later groups fill).
+    Fractional,
+    /// Price of covering this whole remaining demand with the type alone.
+    Aggregate(&'a Amount),
+}
+
+/// Picks the type for a new bin; ties go to the preferred, then the cheaper type.
 ///
-/// `headroom` is the pool's remaining (cpu, memory) under its limits.
+/// Without `aggregate`, the least price per pod placed wins, counting at most `remaining` pods
+/// and at most `cap` per node. With `aggregate` (the demand of every pod not yet packed in this
+/// pool), the type that alone would cover that demand most cheaply wins, because later groups
+/// fill what this one leaves. `headroom` is the pool's remaining (cpu, memory) under its limits.
 pub fn best_new_type(
     c: &Candidate<'_>,
     pin: u64,
@@ -108,6 +121,7 @@ pub fn best_new_type(
     cap: u32,
     remaining: u32,
     headroom: (i64, i64),
+    scoring: Scoring<'_>,
 ) -> Option<Choice> {
     let mut best: Option<(f64, i32, Choice)> = None;
     for (ty, &m) in c.compat.iter().enumerate() {
@@ -126,7 +140,20 @@ pub fn best_new_type(
         let Some((_, price)) = c.prices[ty].cheapest(mask) else {
             continue;
         };
-        let per_pod = price / f64::from(k);
+        let per_pod = match scoring {
+            Scoring::Aggregate(total) => price * nodes_to_cover(&c.room[ty], req, total).max(1e-12),
+            Scoring::PerPod => price / f64::from(k),
+            Scoring::Fractional => {
+                // Room beyond whole pods is credited, since later groups fill it.
+                let frac = c.room[ty]
+                    .iter()
+                    .zip(req)
+                    .filter(|(_, r)| **r > 0)
+                    .map(|(room, r)| *room as f64 / *r as f64)
+                    .fold(f64::INFINITY, f64::min);
+                price / frac.min(f64::from(remaining.min(cap))).max(f64::from(k))
+            }
+        };
         let pref = c.preference.map_or(0, |p| p[ty]);
         let better = match &best {
             None => true,
@@ -153,6 +180,20 @@ pub fn best_new_type(
         }
     }
     best.map(|(_, _, c)| c)
+}
+
+/// How many nodes with `room` the `total` demand needs, over the dimensions `req` uses.
+pub fn nodes_to_cover(room: &Amount, req: &Amount, total: &Amount) -> f64 {
+    let mut nodes = 0.0f64;
+    for d in 0..DIMS {
+        if req[d] > 0 && total[d] > 0 {
+            if room[d] <= 0 {
+                return f64::INFINITY;
+            }
+            nodes = nodes.max(total[d] as f64 / room[d] as f64);
+        }
+    }
+    nodes
 }
 
 /// One ranked option of a finished bin.
@@ -246,13 +287,40 @@ mod tests {
         };
         let mut req = amt(1000, 10);
         req[3] = 1;
-        let ch = best_new_type(&c, u64::MAX, &req, u32::MAX, 10, (i64::MAX, i64::MAX)).unwrap();
+        let ch = best_new_type(
+            &c,
+            u64::MAX,
+            &req,
+            u32::MAX,
+            10,
+            (i64::MAX, i64::MAX),
+            Scoring::PerPod,
+        )
+        .unwrap();
         assert_eq!((ch.ty, ch.count), (1, 4));
         // With one pod left, the small type is cheaper per pod.
-        let ch = best_new_type(&c, u64::MAX, &req, u32::MAX, 1, (i64::MAX, i64::MAX)).unwrap();
+        let ch = best_new_type(
+            &c,
+            u64::MAX,
+            &req,
+            u32::MAX,
+            1,
+            (i64::MAX, i64::MAX),
+            Scoring::PerPod,
+        )
+        .unwrap();
         assert_eq!(ch.ty, 0);
         // A pool limit rules the big type out.
-        let ch = best_new_type(&c, u64::MAX, &req, u32::MAX, 10, (2000, i64::MAX)).unwrap();
+        let ch = best_new_type(
+            &c,
+            u64::MAX,
+            &req,
+            u32::MAX,
+            10,
+            (2000, i64::MAX),
+            Scoring::PerPod,
+        )
+        .unwrap();
         assert_eq!(ch.ty, 0);
         let ranked = rank_options(&room, &prices, &amt(900, 10), |_| 1);
         assert_eq!(ranked.iter().map(|r| r.ty).collect::<Vec<_>>(), vec![0, 1]);
