@@ -31,6 +31,8 @@ pub struct ProvisionerConfig {
     pub batch: BatchPolicy,
     /// Launches run concurrently up to this many.
     pub max_parallel_launches: usize,
+    /// How long after Initialized a claim's reservations hold (the extender uses the same).
+    pub reservation_window: std::time::Duration,
 }
 
 impl Default for ProvisionerConfig {
@@ -38,6 +40,7 @@ impl Default for ProvisionerConfig {
         ProvisionerConfig {
             batch: BatchPolicy::default(),
             max_parallel_launches: 32,
+            reservation_window: std::time::Duration::from_secs(120),
         }
     }
 }
@@ -99,7 +102,7 @@ impl Provisioner {
         }
     }
 
-    fn unserved(&self) -> Vec<String> {
+    fn unserved(&self, now: jiff::Timestamp) -> Vec<String> {
         let snapshot = self.state.load();
         let demand: HashSet<String> = self
             .ledger
@@ -107,12 +110,12 @@ impl Provisioner {
             .iter()
             .map(|e| e.uid.clone())
             .collect();
-        input::unserved(&snapshot, &demand)
+        input::unserved(&snapshot, &demand, now, self.config.reservation_window)
     }
 
     /// Observes demand and runs a round when the window says so.
     pub async fn tick(&mut self, now: jiff::Timestamp) -> Option<RoundReport> {
-        let pending = self.unserved();
+        let pending = self.unserved(now);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         pending.hash(&mut h);
         self.batcher.observe(now, pending.len(), h.finish());

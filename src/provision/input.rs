@@ -32,20 +32,56 @@ pub struct RoundInput {
     pub skipped: Vec<(String, String)>,
 }
 
-/// UIDs of pending pods already reserved on a live NodeClaim; they are being served.
-pub fn reserved_uids(snapshot: &ClusterSnapshot) -> HashSet<String> {
+/// Whether a claim still holds its reservations: not being deleted, and not Initialized longer
+/// than `window` ago. A pod still pending after that was not served by it (the node filled up
+/// differently than planned) and goes back to demand, so no pod waits on a stale promise.
+pub fn holds_reservations(
+    claim: &NodeClaim,
+    now: jiff::Timestamp,
+    window: std::time::Duration,
+) -> bool {
+    if claim.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let initialized_at = claim
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions.iter().find(|c| {
+                c.type_ == crate::kube::crd::conditions::INITIALIZED && c.status == "True"
+            })
+        })
+        .and_then(|c| c.last_transition_time.as_deref())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match initialized_at {
+        None => true,
+        Some(t) => now.duration_since(t).as_secs_f64() <= window.as_secs_f64(),
+    }
+}
+
+/// UIDs of pending pods reserved on a claim that still holds them; they are being served.
+pub fn reserved_uids(
+    snapshot: &ClusterSnapshot,
+    now: jiff::Timestamp,
+    window: std::time::Duration,
+) -> HashSet<String> {
     snapshot
         .nodeclaims
         .values()
-        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .filter(|c| holds_reservations(c, now, window))
         .filter_map(|c| c.status.as_ref())
         .flat_map(|s| s.reserved_pods.iter().map(|p| p.uid.clone()))
         .collect()
 }
 
-/// Pending Gantry pods in the demand ledger that no live claim is serving, oldest first.
-pub fn unserved(snapshot: &ClusterSnapshot, demand: &HashSet<String>) -> Vec<String> {
-    let reserved = reserved_uids(snapshot);
+/// Pending Gantry pods in the demand ledger that no claim is serving, oldest first.
+pub fn unserved(
+    snapshot: &ClusterSnapshot,
+    demand: &HashSet<String>,
+    now: jiff::Timestamp,
+    window: std::time::Duration,
+) -> Vec<String> {
+    let reserved = reserved_uids(snapshot, now, window);
     let mut out: Vec<(&Pod, &String)> = snapshot
         .pending
         .iter()

@@ -202,12 +202,11 @@ pub fn scenario_lower_bound(s: &Scenario, catalog: &Catalog, now: jiff::Timestam
     crate::plan::lower_bound::plan_lower_bound(&input, &plan)
 }
 
-/// Runs the demo and returns its report.
+/// Reads the scenario the arguments name (or the built-in one).
 ///
 /// # Errors
-/// Only set-up failures; what happens in the simulation is reported, not raised.
-pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
-    let wall = Instant::now();
+/// The file cannot be read or does not parse.
+pub fn load_scenario(args: &DemoArgs) -> Result<Scenario, DemoError> {
     let text = match &args.scenario {
         Some(path) => std::fs::read_to_string(path).map_err(|source| DemoError::Read {
             path: path.clone(),
@@ -215,152 +214,23 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         })?,
         None => scenario::BUILTIN.to_string(),
     };
-    let scenario = scenario::parse(&text)?;
-    let t0: jiff::Timestamp = "2026-01-05T09:00:00Z"
-        .parse()
-        .map_err(|e: jiff::Error| DemoError::Setup(e.to_string()))?;
+    Ok(scenario::parse(&text)?)
+}
 
-    // The real HTTPS extender, on loopback, with fresh certificates.
-    let app = AppState::new(Duration::from_secs(600));
-    let dir = tempfile_dir()?;
-    let certs = crate::certs::generate(
-        &["localhost".into()],
-        &["127.0.0.1"
-            .parse()
-            .map_err(|_| DemoError::Setup("ip".into()))?],
-    )
-    .map_err(|e| DemoError::Setup(e.to_string()))?;
-    crate::certs::write(&certs, &dir).map_err(|e| DemoError::Setup(e.to_string()))?;
-    let live = Arc::new(ArcSwapOption::empty());
-    let files = TlsFiles {
-        cert: dir.join("server.crt"),
-        key: dir.join("server.key"),
-        client_ca: None,
-    };
-    TlsReloader::new(files, live.clone(), app.metrics.clone()).poll_once();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let stop = CancellationToken::new();
-    let limits = RequestLimits {
-        max_body_bytes: 64 << 20,
-        timeout: Duration::from_secs(5),
-    };
-    let server = tokio::spawn(crate::server::https::serve_tls(
-        listener,
-        https_router(&app, limits, false, None),
-        live,
-        stop.clone(),
-        Duration::from_secs(5),
-    ));
-    let tls = tls_config(certs.ca_cert.as_bytes(), None, Alpn::H2)
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let mut client = ExtenderClient::connect(addr, "localhost", Arc::new(tls), "/scheduler")
-        .await
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
-
-    // The cluster and the cloud.
-    let cluster = SimCluster::new(
-        t0,
-        app.cluster.clone(),
-        app.ledger.clone(),
-        Duration::from_secs(120),
-    );
-    let sim_cloud = Arc::new(
-        SimCloud::embedded(SimConfig::default()).map_err(|e| DemoError::Setup(e.to_string()))?,
-    );
-    let cloud: Arc<dyn CloudProvider> = sim_cloud.clone();
-    let catalog = cloud
-        .catalog()
-        .await
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
-    for c in &scenario.nodeclasses {
-        cluster.put_nodeclass(c.clone());
-    }
-    for p in &scenario.nodepools {
-        cluster.put_nodepool(p.clone());
-    }
-    for d in &scenario.daemonsets {
-        cluster.put_daemonset(d.clone());
-    }
-    for p in &scenario.pods {
-        cluster.add_pod(p.clone());
-    }
-    let lower_bound = scenario_lower_bound(&scenario, &catalog, t0);
-
-    let inflight = InFlight::default();
-    let api: Arc<dyn crate::kube::api::ClusterApi> = cluster.clone();
-    let mut provisioner = Provisioner::new(
-        api.clone(),
-        cloud.clone(),
-        app.cluster.clone(),
-        app.ledger.clone(),
-        inflight.clone(),
-        ProvisionerConfig {
-            batch: BatchPolicy {
-                idle: args.batch_idle,
-                max: args.batch_max,
-            },
-            ..Default::default()
-        },
-    );
-    let mut lifecycle = Lifecycle::new(
-        api,
-        cloud.clone(),
-        app.cluster.clone(),
-        inflight,
-        LifecycleConfig::default(),
-    );
-    let mut kubelet = SimKubelet::new(KubeletConfig::typical(catalog.clone()));
-    let mut scheduler = SchedulerStandIn::new(SchedulerConfig::default());
-
-    let mut report = DemoReport {
-        pods_total: scenario.pods.len(),
-        lower_bound_per_hour: lower_bound,
-        ..Default::default()
-    };
-    let mut ttb: Vec<f64> = Vec::new();
-    let mut now = t0;
-    let deadline = t0 + jiff::SignedDuration::try_from(args.max_time).unwrap_or_default();
-    let tick =
-        jiff::SignedDuration::try_from(args.tick).unwrap_or(jiff::SignedDuration::from_secs(1));
-    let mut last_progress = t0;
+/// Runs the demo and returns its report.
+///
+/// # Errors
+/// Only set-up failures; what happens in the simulation is reported, not raised.
+pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
+    let scenario = load_scenario(args)?;
+    let mut sim = Simulation::start(&scenario, args, None).await?;
     loop {
         let step_started = Instant::now();
-        let stats = scheduler.step(now, &cluster, &mut client).await;
-        for b in &stats.bound {
-            if let Some(c) = b.created {
-                ttb.push(now.duration_since(c).as_secs_f64());
-            }
-        }
-        report.pods_bound_to_gated_nodes += stats.bound_to_gated;
-        report.pods_bound_off_reservation += stats.bound_off_reservation;
-        if provisioner.tick(now).await.is_some() {
-            report.planning_rounds += 1;
-        }
-        lifecycle.tick(now).await;
-        kubelet.step(now, cloud.as_ref(), &cluster).await;
-
-        let snap = app.cluster.load();
-        let pending = snap.pending.len();
-        let done = pending == 0
-            && snap
-                .nodeclaims
-                .values()
-                .all(|c| c.is_condition_true(crate::kube::crd::conditions::INITIALIZED));
-        if !args.quiet && (now.duration_since(last_progress).as_secs() >= 10 || done) {
-            last_progress = now;
-            progress(&snap, now.duration_since(t0).as_secs_f64());
-        }
-        if done || now >= deadline {
+        let done = sim.step().await;
+        if done || sim.now >= sim.deadline {
             break;
         }
-        now += tick;
-        cluster.set_now(now);
-        sim_cloud.advance(args.tick);
+        sim.advance();
         if args.speed > 0.0 {
             let budget = args.tick.as_secs_f64() / args.speed;
             let spent = step_started.elapsed().as_secs_f64();
@@ -369,37 +239,318 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             }
         }
     }
-    // A last collection pass, so the leak count reflects what GC would leave behind.
-    lifecycle.tick(now).await;
-
-    let snap = app.cluster.load();
-    let mut alloc = crate::model::Resources::default();
-    let mut used = crate::model::Resources::default();
-    for claim in snap.nodeclaims.values() {
-        let Some(s) = &claim.status else { continue };
-        if let (Some(t), Some(z), Some(ct)) = (&s.instance_type, &s.zone, &s.capacity_type) {
-            *report
-                .nodes_by_type
-                .entry(format!("{t}/{z}/{ct}"))
-                .or_default() += 1;
-            report.nodes += 1;
-            report.cost_per_hour += s
-                .price_per_hour
-                .as_deref()
-                .and_then(|p| p.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        }
-        if let Some(n) = s.node_name.as_deref().and_then(|n| snap.node(n)) {
-            alloc.add(&n.allocatable);
-            used.add(&n.requested);
-        }
+    let report = sim.finish().await;
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default())?;
     }
-    report.cpu_utilization = ratio(used.cpu, alloc.cpu);
-    report.memory_utilization = ratio(used.memory, alloc.memory);
-    report.pods_bound = report.pods_total.saturating_sub(snap.pending.len());
+    Ok(report)
+}
+
+/// Wraps the simulated cloud, e.g. in a fault injector, before the controllers see it.
+pub type CloudWrapper = Box<dyn FnOnce(Arc<SimCloud>) -> Arc<dyn CloudProvider>>;
+
+/// A running simulation: the real extender on loopback TLS, the simulated cluster and cloud,
+/// the fake kubelet and scheduler, and the provisioner and lifecycle controller `serve` runs.
+pub struct Simulation {
+    app: AppState,
+    /// The simulated cluster.
+    pub cluster: Arc<SimCluster>,
+    /// The simulated cloud (also reachable through `cloud`, possibly wrapped).
+    pub sim_cloud: Arc<SimCloud>,
+    /// The cloud the controllers use.
+    pub cloud: Arc<dyn CloudProvider>,
+    provisioner: Provisioner,
+    lifecycle: Lifecycle,
+    kubelet: SimKubelet,
+    scheduler: SchedulerStandIn,
+    client: ExtenderClient,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    dir: PathBuf,
+    provisioner_config: ProvisionerConfig,
+    /// Virtual time now.
+    pub now: jiff::Timestamp,
+    t0: jiff::Timestamp,
+    /// When the run gives up.
+    pub deadline: jiff::Timestamp,
+    tick: jiff::SignedDuration,
+    tick_std: Duration,
+    quiet: bool,
+    last_progress: jiff::Timestamp,
+    wall: Instant,
+    ttb: Vec<f64>,
+    report: DemoReport,
+}
+
+impl Simulation {
+    /// Sets everything up and loads the scenario into the cluster at virtual time zero.
+    ///
+    /// `cloud` wraps the simulated cloud for fault injection; `None` uses it directly.
+    ///
+    /// # Errors
+    /// Set-up failures (certificates, the loopback listener, the catalog).
+    pub async fn start(
+        scenario: &Scenario,
+        args: &DemoArgs,
+        cloud: Option<CloudWrapper>,
+    ) -> Result<Simulation, DemoError> {
+        let wall = Instant::now();
+        let setup = |e: String| DemoError::Setup(e);
+        let t0: jiff::Timestamp = "2026-01-05T09:00:00Z"
+            .parse()
+            .map_err(|e: jiff::Error| setup(e.to_string()))?;
+
+        // The real HTTPS extender, on loopback, with fresh certificates.
+        let app = AppState::new(Duration::from_secs(600));
+        let dir = tempfile_dir()?;
+        let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
+        let certs = crate::certs::generate(&["localhost".into()], &[loopback])
+            .map_err(|e| setup(e.to_string()))?;
+        crate::certs::write(&certs, &dir).map_err(|e| setup(e.to_string()))?;
+        let live = Arc::new(ArcSwapOption::empty());
+        let files = TlsFiles {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            client_ca: None,
+        };
+        TlsReloader::new(files, live.clone(), app.metrics.clone()).poll_once();
+        let listener = tokio::net::TcpListener::bind((loopback, 0))
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let addr = listener.local_addr().map_err(|e| setup(e.to_string()))?;
+        let stop = CancellationToken::new();
+        let limits = RequestLimits {
+            max_body_bytes: 64 << 20,
+            timeout: Duration::from_secs(5),
+        };
+        let server = tokio::spawn(crate::server::https::serve_tls(
+            listener,
+            https_router(&app, limits, false, None),
+            live,
+            stop.clone(),
+            Duration::from_secs(5),
+        ));
+        // HTTP/1.1: kube-scheduler's default, and cheaper than h2 for one call at a time.
+        let tls = tls_config(certs.ca_cert.as_bytes(), None, Alpn::Http1)
+            .map_err(|e| setup(e.to_string()))?;
+        let client = ExtenderClient::connect(addr, "localhost", Arc::new(tls), "/scheduler")
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+
+        // The cluster and the cloud.
+        let cluster = SimCluster::new(
+            t0,
+            app.cluster.clone(),
+            app.ledger.clone(),
+            app.reservation_window,
+        );
+        let sim_cloud =
+            Arc::new(SimCloud::embedded(SimConfig::default()).map_err(|e| setup(e.to_string()))?);
+        let cloud: Arc<dyn CloudProvider> = match cloud {
+            Some(wrap) => wrap(sim_cloud.clone()),
+            None => sim_cloud.clone(),
+        };
+        let catalog = sim_cloud
+            .catalog()
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        for c in &scenario.nodeclasses {
+            cluster.put_nodeclass(c.clone());
+        }
+        for p in &scenario.nodepools {
+            cluster.put_nodepool(p.clone());
+        }
+        for d in &scenario.daemonsets {
+            cluster.put_daemonset(d.clone());
+        }
+        for p in &scenario.pods {
+            cluster.add_pod(p.clone());
+        }
+        let lower_bound = scenario_lower_bound(scenario, &catalog, t0);
+        let provisioner_config = ProvisionerConfig {
+            batch: BatchPolicy {
+                idle: args.batch_idle,
+                max: args.batch_max,
+            },
+            ..Default::default()
+        };
+        let (provisioner, lifecycle) = controllers(&app, &cluster, &cloud, provisioner_config);
+        let tick =
+            jiff::SignedDuration::try_from(args.tick).unwrap_or(jiff::SignedDuration::from_secs(1));
+        Ok(Simulation {
+            provisioner,
+            lifecycle,
+            kubelet: SimKubelet::new(KubeletConfig::typical(catalog.clone())),
+            scheduler: SchedulerStandIn::new(SchedulerConfig::default()),
+            client,
+            stop,
+            server,
+            dir,
+            provisioner_config,
+            now: t0,
+            t0,
+            deadline: t0 + jiff::SignedDuration::try_from(args.max_time).unwrap_or_default(),
+            tick,
+            tick_std: args.tick,
+            quiet: args.quiet,
+            last_progress: t0,
+            wall,
+            ttb: Vec::new(),
+            report: DemoReport {
+                pods_total: scenario.pods.len(),
+                lower_bound_per_hour: lower_bound,
+                ..Default::default()
+            },
+            app,
+            cluster,
+            sim_cloud,
+            cloud,
+        })
+    }
+
+    /// The shared cluster state the extender and the controllers read.
+    pub fn state(&self) -> &crate::state::SharedState {
+        &self.app.cluster
+    }
+
+    /// Simulates a crash and restart of Gantry: the controllers lose everything they held in
+    /// memory (batch window, in-flight launches, GC sightings) and start again from the objects
+    /// persisted in the cluster.
+    pub fn restart_controllers(&mut self) {
+        let (p, l) = controllers(
+            &self.app,
+            &self.cluster,
+            &self.cloud,
+            self.provisioner_config,
+        );
+        self.provisioner = p;
+        self.lifecycle = l;
+    }
+
+    /// One tick at the current virtual time; returns whether every pod is bound and every
+    /// NodeClaim initialized.
+    pub async fn step(&mut self) -> bool {
+        let now = self.now;
+        let stats = self
+            .scheduler
+            .step(now, &self.cluster, &mut self.client)
+            .await;
+        for b in &stats.bound {
+            if let Some(c) = b.created {
+                self.ttb.push(now.duration_since(c).as_secs_f64());
+            }
+        }
+        self.report.pods_bound_to_gated_nodes += stats.bound_to_gated;
+        self.report.pods_bound_off_reservation += stats.bound_off_reservation;
+        if self.provisioner.tick(now).await.is_some() {
+            self.report.planning_rounds += 1;
+        }
+        self.lifecycle.tick(now).await;
+        self.kubelet
+            .step(now, self.cloud.as_ref(), &self.cluster)
+            .await;
+        let snap = self.app.cluster.load();
+        let done = snap.pending.is_empty()
+            && snap
+                .nodeclaims
+                .values()
+                .all(|c| c.is_condition_true(crate::kube::crd::conditions::INITIALIZED));
+        if !self.quiet && (now.duration_since(self.last_progress).as_secs() >= 10 || done) {
+            self.last_progress = now;
+            progress(&snap, now.duration_since(self.t0).as_secs_f64());
+        }
+        done
+    }
+
+    /// Moves virtual time forward one tick.
+    pub fn advance(&mut self) {
+        self.now += self.tick;
+        self.cluster.set_now(self.now);
+        self.sim_cloud.advance(self.tick_std);
+    }
+
+    /// Stops the extender and computes the report.
+    pub async fn finish(mut self) -> DemoReport {
+        // Let garbage collection see what is left, twice, past its grace period.
+        for _ in 0..2 {
+            for _ in 0..61 {
+                self.advance();
+            }
+            self.lifecycle.tick(self.now).await;
+        }
+        let snap = self.app.cluster.load();
+        let mut report = std::mem::take(&mut self.report);
+        let mut alloc = crate::model::Resources::default();
+        let mut used = crate::model::Resources::default();
+        for claim in snap.nodeclaims.values() {
+            let Some(s) = &claim.status else { continue };
+            if let (Some(t), Some(z), Some(ct)) = (&s.instance_type, &s.zone, &s.capacity_type) {
+                *report
+                    .nodes_by_type
+                    .entry(format!("{t}/{z}/{ct}"))
+                    .or_default() += 1;
+                report.nodes += 1;
+                report.cost_per_hour += s
+                    .price_per_hour
+                    .as_deref()
+                    .and_then(|p| p.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+            if let Some(n) = s.node_name.as_deref().and_then(|n| snap.node(n)) {
+                alloc.add(&n.allocatable);
+                used.add(&n.requested);
+            }
+        }
+        report.cpu_utilization = ratio(used.cpu, alloc.cpu);
+        report.memory_utilization = ratio(used.memory, alloc.memory);
+        report.pods_bound = report.pods_total.saturating_sub(snap.pending.len());
+        report.leaked_instances = leaked(&snap, self.cloud.as_ref()).await;
+        self.ttb.sort_by(f64::total_cmp);
+        report.time_to_bound_seconds = Percentiles {
+            p50: percentile(&self.ttb, 0.5),
+            p95: percentile(&self.ttb, 0.95),
+            max: self.ttb.last().copied().unwrap_or(0.0),
+        };
+        report.simulated_seconds = self.now.duration_since(self.t0).as_secs_f64();
+        report.wall_seconds = self.wall.elapsed().as_secs_f64();
+        self.stop.cancel();
+        let _ = (&mut self.server).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        report
+    }
+}
+
+fn controllers(
+    app: &AppState,
+    cluster: &Arc<SimCluster>,
+    cloud: &Arc<dyn CloudProvider>,
+    config: ProvisionerConfig,
+) -> (Provisioner, Lifecycle) {
+    let inflight = InFlight::default();
+    let api: Arc<dyn crate::kube::api::ClusterApi> = cluster.clone();
+    let provisioner = Provisioner::new(
+        api.clone(),
+        cloud.clone(),
+        app.cluster.clone(),
+        app.ledger.clone(),
+        inflight.clone(),
+        config,
+    );
+    let lifecycle = Lifecycle::new(
+        api,
+        cloud.clone(),
+        app.cluster.clone(),
+        inflight,
+        LifecycleConfig::default(),
+    );
+    (provisioner, lifecycle)
+}
+
+/// Alive instances with no NodeClaim to own them.
+pub async fn leaked(snap: &crate::state::ClusterSnapshot, cloud: &dyn CloudProvider) -> usize {
     let owners: std::collections::HashSet<&str> =
         snap.nodeclaims.keys().map(String::as_str).collect();
-    report.leaked_instances = cloud
+    cloud
         .list()
         .await
         .map(|l| {
@@ -408,22 +559,7 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
                 .filter(|i| !i.nodeclaim.as_deref().is_some_and(|c| owners.contains(c)))
                 .count()
         })
-        .unwrap_or(0);
-    ttb.sort_by(f64::total_cmp);
-    report.time_to_bound_seconds = Percentiles {
-        p50: percentile(&ttb, 0.5),
-        p95: percentile(&ttb, 0.95),
-        max: ttb.last().copied().unwrap_or(0.0),
-    };
-    report.simulated_seconds = now.duration_since(t0).as_secs_f64();
-    report.wall_seconds = wall.elapsed().as_secs_f64();
-    stop.cancel();
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
-    if let Some(path) = &args.report_json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default())?;
-    }
-    Ok(report)
+        .unwrap_or(usize::MAX)
 }
 
 fn ratio(a: i64, b: i64) -> f64 {
