@@ -659,3 +659,27 @@ fn scheduler_config_matches_the_design() {
 }
 
 use serde::Deserialize as _;
+
+#[test]
+fn crd_manifest_is_generated_from_the_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/crds.yaml");
+    let on_disk = std::fs::read_to_string(&path).unwrap();
+    let fresh = gantry::kube::crds_yaml().unwrap();
+    assert!(
+        on_disk == fresh,
+        "manifests/crds.yaml is stale: run `cargo run -- crds --out manifests/crds.yaml`"
+    );
+    for crd in ["nodepools.gantry.dev", "ec2nodeclasses.gantry.dev", "nodeclaims.gantry.dev"] {
+        assert!(fresh.contains(crd), "{crd}");
+    }
+}
+
+#[test]
+fn sample_objects_parse_as_gantry_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/samples/nodepool.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let s = gantry::sim::scenario::parse(&text).unwrap();
+    assert_eq!(s.nodepools.len(), 1);
+    assert_eq!(s.nodeclasses.len(), 1);
+    gantry::model::NodePoolView::from_crd(&s.nodepools[0]).unwrap();
+}
