@@ -41,7 +41,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the extender, webhook, health port and (as leader) the loops.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a development CA, server and client certificates.
     Certs(CertsArgs),
     /// Print the CRD manifests (NodePool, EC2NodeClass, NodeClaim).
@@ -117,6 +117,45 @@ pub struct ServeArgs {
     /// The admission webhook's settings.
     #[command(flatten)]
     pub admission: crate::admission::AdmissionArgs,
+    /// Where the provisioner launches nodes; `none` serves the extender and webhook only.
+    #[arg(long, env = "GANTRY_CLOUD", value_enum, default_value_t = ServeCloud::None)]
+    pub cloud: ServeCloud,
+    /// The EKS cluster name (instance tags, node user data). Required with `--cloud ec2`.
+    #[arg(long, env = "GANTRY_CLUSTER_NAME", default_value = "")]
+    pub cluster_name: String,
+    /// The API server endpoint nodes join.
+    #[arg(long, env = "GANTRY_CLUSTER_ENDPOINT", default_value = "")]
+    pub cluster_endpoint: String,
+    /// The cluster CA (base64 PEM) nodes trust.
+    #[arg(long, env = "GANTRY_CLUSTER_CA", default_value = "")]
+    pub cluster_ca: String,
+    /// AWS region.
+    #[arg(long, env = "GANTRY_REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// EC2 endpoint override (VPC endpoints, moto).
+    #[arg(long, env = "GANTRY_EC2_ENDPOINT")]
+    pub ec2_endpoint: Option<String>,
+    /// Batching: plan once no new demand arrived for this long.
+    #[arg(long, env = "GANTRY_BATCH_IDLE", default_value = "1s", value_parser = parse_duration)]
+    pub batch_idle: Duration,
+    /// Batching: plan at most this long after demand first appeared.
+    #[arg(long, env = "GANTRY_BATCH_MAX", default_value = "10s", value_parser = parse_duration)]
+    pub batch_max: Duration,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "GANTRY_LEADER_NAMESPACE", default_value = "gantry-system")]
+    pub leader_namespace: String,
+    /// This replica's identity for leader election (defaults to $POD_NAME or $HOSTNAME).
+    #[arg(long, env = "GANTRY_LEADER_IDENTITY")]
+    pub leader_identity: Option<String>,
+}
+
+/// Whether and where `serve` launches nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeCloud {
+    /// Extender and webhook only; no loops.
+    None,
+    /// Launch on EC2 as Lease holder.
+    Ec2,
 }
 
 impl ServeArgs {
@@ -144,6 +183,39 @@ impl ServeArgs {
                 return Err(invalid(flag, "must be greater than zero"));
             }
         }
+        let controllers = match self.cloud {
+            ServeCloud::None => None,
+            ServeCloud::Ec2 => {
+                if self.cluster_name.is_empty() {
+                    return Err(invalid("cluster-name", "is required with --cloud ec2"));
+                }
+                let mut ec2 = crate::cloud::ec2::Ec2Config::new(&self.region, &self.cluster_name);
+                ec2.endpoint = self.ec2_endpoint.clone();
+                ec2.cluster_endpoint = self.cluster_endpoint.clone();
+                ec2.cluster_ca = self.cluster_ca.clone();
+                let identity = self
+                    .leader_identity
+                    .clone()
+                    .or_else(|| std::env::var("POD_NAME").ok())
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .unwrap_or_else(|| format!("gantry-{}", std::process::id()));
+                Some(crate::server::controllers::ControllersConfig {
+                    ec2,
+                    provisioner: crate::provision::ProvisionerConfig {
+                        batch: crate::provision::batch::BatchPolicy {
+                            idle: self.batch_idle,
+                            max: self.batch_max,
+                        },
+                        ..Default::default()
+                    },
+                    lifecycle: crate::lifecycle::LifecycleConfig::default(),
+                    lease_namespace: self.leader_namespace.clone(),
+                    lease_name: "gantry-leader".into(),
+                    identity,
+                    period: Duration::from_secs(1),
+                })
+            }
+        };
         Ok(ServeConfig {
             listen: self.listen,
             health_listen: self.health_listen,
@@ -162,6 +234,7 @@ impl ServeArgs {
             cert_reload_interval: self.cert_reload_interval,
             demand_ttl: self.demand_ttl,
             admission: crate::admission::AdmissionConfig::from(&self.admission),
+            controllers,
         })
     }
 }
@@ -249,7 +322,7 @@ mod tests {
         };
         let cfg = args.clone().into_config().unwrap();
         assert_eq!(cfg.limits.max_body_bytes, 64 << 20);
-        let mut bad = args;
+        let mut bad = *args;
         bad.health_listen = bad.listen;
         assert!(
             bad.into_config()

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cluster;
 pub mod crd;
+pub mod leader;
 pub mod views;
 pub mod watch;
 

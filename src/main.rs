@@ -21,7 +21,7 @@ fn main() -> Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Serve(args) => {
-            let config = args.into_config()?;
+            let config = (*args).into_config()?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(gantry::server::run(config, None))?;
             Ok(())

@@ -4,6 +4,7 @@
 //! Shutdown on SIGTERM: readiness goes false, a drain delay lets load balancers notice, the
 //! HTTPS server stops accepting and drains, then the loops are cancelled and the plain port closes.
 
+pub mod controllers;
 pub mod health;
 pub mod https;
 pub mod tls;
@@ -51,6 +52,8 @@ pub struct ServeConfig {
     pub demand_ttl: Duration,
     /// The admission webhook's settings.
     pub admission: crate::admission::AdmissionConfig,
+    /// The provisioning and lifecycle loops, when this replica may launch nodes.
+    pub controllers: Option<controllers::ControllersConfig>,
 }
 
 /// Why the server could not start.
@@ -239,6 +242,23 @@ pub async fn run(config: ServeConfig, extra_routes: Option<Router>) -> Result<()
         crate::kube::watch::run_forever(config.kubeconfig.clone(), app.clone(), loops.clone())
             .instrument(info_span!("watches")),
     );
+    let controllers = match config.controllers.clone() {
+        Some(c) => {
+            match controllers::spawn_thread(
+                config.kubeconfig.clone(),
+                app.clone(),
+                c,
+                loops.clone(),
+            ) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the controllers");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
 
     wait_for_signal().await;
     info!("shutdown requested; readiness is now false");
@@ -247,6 +267,9 @@ pub async fn run(config: ServeConfig, extra_routes: Option<Router>) -> Result<()
     https_stop.cancel();
     let _ = https_task.await;
     loops.cancel();
+    if let Some(h) = controllers {
+        let _ = tokio::task::spawn_blocking(move || h.join()).await;
+    }
     health_stop.cancel();
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;

@@ -669,7 +669,11 @@ fn crd_manifest_is_generated_from_the_types() {
         on_disk == fresh,
         "manifests/crds.yaml is stale: run `cargo run -- crds --out manifests/crds.yaml`"
     );
-    for crd in ["nodepools.gantry.dev", "ec2nodeclasses.gantry.dev", "nodeclaims.gantry.dev"] {
+    for crd in [
+        "nodepools.gantry.dev",
+        "ec2nodeclasses.gantry.dev",
+        "nodeclaims.gantry.dev",
+    ] {
         assert!(fresh.contains(crd), "{crd}");
     }
 }

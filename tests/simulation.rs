@@ -95,7 +95,8 @@ async fn run_to_end(sim: &mut Simulation, mut each_tick: impl FnMut(&mut Simulat
 fn launches_per_claim(cloud: &SimCloud) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for i in cloud.instances() {
-        *m.entry(i.nodeclaim.clone().unwrap_or_default()).or_default() += 1;
+        *m.entry(i.nodeclaim.clone().unwrap_or_default())
+            .or_default() += 1;
     }
     m
 }
@@ -156,8 +157,15 @@ async fn capacity_errors_fall_back_to_other_offerings() {
         sim.advance();
     }
     let backed_off = cloud.backoff().backed_off(cloud.now().into_std());
-    assert!(!backed_off.is_empty(), "no launch ever hit the injected capacity errors");
-    assert!(backed_off.iter().all(|k| k.capacity_type == CapacityType::Spot));
+    assert!(
+        !backed_off.is_empty(),
+        "no launch ever hit the injected capacity errors"
+    );
+    assert!(
+        backed_off
+            .iter()
+            .all(|k| k.capacity_type == CapacityType::Spot)
+    );
     run_to_end(&mut sim, |_, _| {}).await;
     let r = sim.finish().await;
     assert_eq!(r.pods_bound, r.pods_total, "{r:?}");
@@ -167,7 +175,11 @@ async fn capacity_errors_fall_back_to_other_offerings() {
         let small = Catalog::embedded().unwrap().get(ty).unwrap().vcpu <= 8;
         !(small && k.ends_with("/spot"))
     });
-    assert!(fell_back, "launched into an offering with no capacity: {:?}", r.nodes_by_type);
+    assert!(
+        fell_back,
+        "launched into an offering with no capacity: {:?}",
+        r.nodes_by_type
+    );
 }
 
 /// A cloud whose answers get lost: sometimes before the call reaches the cloud (the claim is
