@@ -6,3 +6,4 @@
 //! cloud notices into decisions.
 
 pub mod decide;
+pub mod execute;
