@@ -1,9 +1,375 @@
 //! Scale-down: removes empty and underused nodes, replaces expired ones and reacts to spot
 //! interruptions, without breaking PodDisruptionBudgets or churning.
 //!
-//! `decide` is pure (which nodes, why); `execute` is the per-command state machine (taint,
-//! launch the replacement, wait for it, evict, delete the NodeClaim); `interruption` turns
-//! cloud notices into decisions.
+//! ```text
+//! snapshot ──facts()──▶ NodeFacts[] ──decide (pure, planner what-ifs)──▶ Decision[]
+//! InterruptionSource ──poll──▶ decide::interruption ───────────────────────┤
+//!                                                                            ▼
+//!                          Executor: taint ▶ launch ▶ await Initialized ▶ evict ▶ delete claim
+//! ```
+//!
+//! `decide` is pure (which nodes, why); `execute` is the per-command state machine; and
+//! `interruption` turns cloud notices into events. [`Disruption`] ties them together behind one
+//! `tick(now)`.
 
 pub mod decide;
 pub mod execute;
+pub mod interruption;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use crate::cloud::{CloudProvider, instance_id_from_provider_id};
+use crate::kube::api::ClusterApi;
+use crate::kube::crd::{NodeClaim, conditions};
+use crate::model::labels::{
+    CAPACITY_TYPE, DO_NOT_DISRUPT, INSTANCE_TYPE, NODEPOOL, ZONE, canonical_key,
+};
+use crate::model::{CapacityType, Catalog, NodePoolView, PodDemand};
+use crate::provision::input;
+use crate::provision::launch::InFlight;
+use crate::state::{ClusterSnapshot, SharedState};
+use decide::{DecideConfig, DecideInput, Decision, NodeFacts, PoolPolicy};
+use execute::{ExecConfig, ExecStats, Executor, evictable};
+use interruption::InterruptionSource;
+
+/// Settings for the disruption controller.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DisruptionConfig {
+    /// Decision tunables (churn factor, candidate caps).
+    pub decide: DecideConfig,
+    /// Executor tunables (back-off, timeouts).
+    pub exec: ExecConfig,
+}
+
+/// What one tick did, for logs and the demo.
+#[derive(Debug, Clone, Default)]
+pub struct DisruptionReport {
+    /// Decisions started this tick (interruptions first).
+    pub started: Vec<Decision>,
+    /// Interruption notices received.
+    pub interruptions: usize,
+    /// Wall time spent deciding, in milliseconds.
+    pub decide_millis: f64,
+    /// Executor counters so far.
+    pub stats: ExecStats,
+    /// Jobs still running.
+    pub active_jobs: usize,
+}
+
+/// The snapshot turned into decision input.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Every node.
+    pub nodes: Vec<NodeFacts>,
+    /// Pools as the planner sees them.
+    pub pools: Vec<NodePoolView>,
+    /// Pools' disruption settings.
+    pub policies: Vec<PoolPolicy>,
+}
+
+/// When each node's pod set last changed, so `consolidateAfter` counts from there.
+#[derive(Debug, Default, Clone)]
+pub struct PodChurn(HashMap<String, (u64, jiff::Timestamp)>);
+
+impl PodChurn {
+    /// Records the node's current pod set and returns since when it has been unchanged.
+    fn observe(&mut self, node: &str, pods: u64, now: jiff::Timestamp) -> jiff::Timestamp {
+        let e = self.0.entry(node.to_string()).or_insert((pods, now));
+        if e.0 != pods {
+            *e = (pods, now);
+        }
+        e.1
+    }
+
+    fn retain(&mut self, live: &HashSet<&str>) {
+        self.0.retain(|k, _| live.contains(k.as_str()));
+    }
+}
+
+fn claim_of<'a>(snapshot: &'a ClusterSnapshot, node: &str) -> Option<&'a NodeClaim> {
+    let by_label = snapshot
+        .node(node)
+        .and_then(|n| n.nodeclaim())
+        .and_then(|c| snapshot.nodeclaims.get(c));
+    by_label.map(AsRef::as_ref).or_else(|| {
+        snapshot
+            .nodeclaims
+            .values()
+            .find(|c| c.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+            .map(AsRef::as_ref)
+    })
+}
+
+fn price_of(
+    claim: Option<&NodeClaim>,
+    labels: &std::collections::BTreeMap<String, String>,
+    catalog: &Catalog,
+) -> f64 {
+    if let Some(p) = claim
+        .and_then(|c| c.status.as_ref())
+        .and_then(|s| s.price_per_hour.as_deref())
+        .and_then(|p| p.parse::<f64>().ok())
+    {
+        return p;
+    }
+    let ct = labels
+        .get(CAPACITY_TYPE)
+        .and_then(|c| CapacityType::parse(c));
+    let zone = labels.get(ZONE);
+    labels
+        .get(INSTANCE_TYPE)
+        .and_then(|t| catalog.get(t))
+        .and_then(|t| {
+            t.offerings
+                .iter()
+                .filter(|o| ct.is_none_or(|c| o.capacity_type == c))
+                .filter(|o| zone.is_none_or(|z| &o.zone == z))
+                .map(|o| o.price)
+                .reduce(f64::min)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Builds decision input from a snapshot. `busy` names nodes a job is already disrupting.
+pub fn facts(
+    snapshot: &ClusterSnapshot,
+    catalog: &Catalog,
+    busy: &HashSet<String>,
+    churn: &mut PodChurn,
+    now: jiff::Timestamp,
+) -> Facts {
+    let round = input::build(snapshot, &[], catalog);
+    for (what, why) in &round.skipped {
+        warn!(object = %what, reason = %why, "skipped in disruption");
+    }
+    let mut receivers: HashMap<String, crate::plan::NodeView> = round
+        .nodes
+        .into_iter()
+        .map(|n| (n.name.clone(), n))
+        .collect();
+    let mut names: Vec<&String> = snapshot.nodes.keys().collect();
+    names.sort();
+    let mut nodes = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(n) = snapshot.node(name) else {
+            continue;
+        };
+        let claim = claim_of(snapshot, name);
+        let mut pods = Vec::new();
+        let mut do_not_disrupt = false;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for pod in snapshot.pods_by_node.get(name).into_iter().flatten() {
+            if !evictable(pod) {
+                continue;
+            }
+            pod.metadata.uid.hash(&mut h);
+            let annotated = pod
+                .metadata
+                .annotations
+                .iter()
+                .flatten()
+                .any(|(k, v)| canonical_key(k) == DO_NOT_DISRUPT && v == "true");
+            match PodDemand::from_pod(pod) {
+                Ok(d) => pods.push(d),
+                // A pod the planner cannot read cannot be placed elsewhere: leave the node be.
+                Err(_) => do_not_disrupt = true,
+            }
+            do_not_disrupt |= annotated;
+        }
+        let since = churn.observe(name, h.finish(), now);
+        let view = receivers.remove(name.as_str());
+        let disrupting = view.is_none()
+            || busy.contains(name.as_str())
+            || claim.is_some_and(|c| {
+                c.metadata.deletion_timestamp.is_some()
+                    || c.is_condition_true(conditions::DISRUPTING)
+            });
+        let expires_at = claim.and_then(|c| {
+            let after = c.spec.expire_after.as_deref().filter(|e| *e != "Never")?;
+            let d = crate::cli::parse_duration(after).ok()?;
+            let created = c.metadata.creation_timestamp.as_ref()?.0;
+            created
+                .checked_add(jiff::SignedDuration::try_from(d).ok()?)
+                .ok()
+        });
+        nodes.push(NodeFacts {
+            view: view.unwrap_or_else(|| crate::plan::NodeView {
+                name: name.clone(),
+                pool: n.labels.get(NODEPOOL).cloned(),
+                ..Default::default()
+            }),
+            claim: claim.and_then(|c| c.metadata.name.clone()),
+            price: price_of(claim, &n.labels, catalog),
+            pods,
+            do_not_disrupt,
+            disrupting,
+            initialized: claim.is_some_and(|c| c.is_condition_true(conditions::INITIALIZED)),
+            since,
+            expires_at,
+        });
+    }
+    churn.retain(&snapshot.nodes.keys().map(String::as_str).collect());
+    let mut policies = Vec::new();
+    for pool in snapshot.nodepools.values() {
+        match PoolPolicy::from_crd(pool) {
+            Ok(p) => policies.push(p),
+            Err(e) => {
+                warn!(nodepool = ?pool.metadata.name, error = %e, "disruption settings ignored; pool is not disrupted")
+            }
+        }
+    }
+    policies.sort_by(|a, b| a.name.cmp(&b.name));
+    Facts {
+        nodes,
+        pools: round.pools,
+        policies,
+    }
+}
+
+/// The disruption controller; one per leader. Call [`Disruption::tick`] periodically.
+pub struct Disruption {
+    cluster: Arc<dyn ClusterApi>,
+    cloud: Arc<dyn CloudProvider>,
+    state: SharedState,
+    config: DisruptionConfig,
+    executor: Executor,
+    source: Option<Arc<dyn InterruptionSource>>,
+    churn: PodChurn,
+}
+
+impl Disruption {
+    /// A controller over the given cluster and cloud (share `inflight` with the provisioner).
+    pub fn new(
+        cluster: Arc<dyn ClusterApi>,
+        cloud: Arc<dyn CloudProvider>,
+        state: SharedState,
+        inflight: InFlight,
+        config: DisruptionConfig,
+    ) -> Self {
+        let executor = Executor::new(cluster.clone(), cloud.clone(), inflight, config.exec);
+        Disruption {
+            cluster,
+            cloud,
+            state,
+            config,
+            executor,
+            source: None,
+            churn: PodChurn::default(),
+        }
+    }
+
+    /// Adds a source of interruption notices.
+    pub fn with_interruptions(mut self, source: Arc<dyn InterruptionSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The executor, for its jobs and counters.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// The cluster writes go to.
+    pub fn cluster(&self) -> &Arc<dyn ClusterApi> {
+        &self.cluster
+    }
+
+    /// Handles interruptions, decides, starts jobs and advances every job.
+    #[tracing::instrument(skip_all)]
+    pub async fn tick(&mut self, now: jiff::Timestamp) -> DisruptionReport {
+        let mut report = DisruptionReport::default();
+        let snapshot = self.state.load();
+        if !snapshot.synced {
+            return report;
+        }
+        let catalog = match self.cloud.catalog().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot read the catalog; skipping disruption");
+                return report;
+            }
+        };
+        self.executor.prune();
+        let busy = self.executor.busy_nodes();
+        let mut facts = facts(&snapshot, &catalog, &busy, &mut self.churn, now);
+
+        // Interruptions first: the instance goes whatever the budgets say.
+        let events = match &self.source {
+            Some(s) => s.poll().await,
+            None => Vec::new(),
+        };
+        report.interruptions = events.len();
+        for ev in events {
+            let Some(idx) = facts.nodes.iter().position(|n| {
+                snapshot
+                    .node(&n.view.name)
+                    .and_then(|v| v.provider_id.as_deref())
+                    .and_then(instance_id_from_provider_id)
+                    == Some(ev.instance_id.as_str())
+            }) else {
+                info!(instance = %ev.instance_id, kind = ?ev.kind, "interruption for an instance with no node");
+                continue;
+            };
+            let input = DecideInput {
+                nodes: &facts.nodes,
+                policies: &facts.policies,
+                pools: &facts.pools,
+                catalog: &catalog,
+                config: self.config.decide,
+                now,
+            };
+            match decide::interruption(&input, idx, ev.kind.urgent()) {
+                Some(d) => {
+                    if self.executor.start(d.clone(), &snapshot, now) {
+                        report.started.push(d);
+                        if let Some(n) = facts.nodes.get_mut(idx) {
+                            n.disrupting = true;
+                        }
+                    }
+                }
+                None => {
+                    info!(instance = %ev.instance_id, kind = ?ev.kind, "no equal or cheaper alternative; notice logged only")
+                }
+            }
+        }
+
+        // Voluntary disruption, off the async threads.
+        let mut config = self.config.decide;
+        config.moves_allowed = !self.executor.moving();
+        let started = Instant::now();
+        let cat = catalog.clone();
+        let decided = tokio::task::spawn_blocking(move || {
+            decide::decide(&DecideInput {
+                nodes: &facts.nodes,
+                policies: &facts.policies,
+                pools: &facts.pools,
+                catalog: &cat,
+                config,
+                now,
+            })
+        })
+        .await;
+        report.decide_millis = started.elapsed().as_secs_f64() * 1000.0;
+        match decided {
+            Ok(decisions) => {
+                for d in decisions {
+                    info!(reason = d.reason.as_str(), savings = d.savings, message = %d.message, "disruption decided");
+                    if self.executor.start(d.clone(), &snapshot, now) {
+                        report.started.push(d);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "disruption decision task failed"),
+        }
+        let fresh = self.state.load();
+        self.executor.tick(&fresh, now).await;
+        report.stats = self.executor.stats().clone();
+        report.active_jobs = self.executor.jobs().iter().filter(|j| j.active()).count();
+        report
+    }
+}
