@@ -373,3 +373,238 @@ impl Disruption {
         report
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::sim::{SimCloud, SimConfig};
+    use crate::kube::crd::{EC2NodeClass, NodeClaimStatus, NodePool};
+    use crate::model::labels::NODECLAIM;
+    use crate::provision::launch::set_condition;
+    use crate::sim::cluster::SimCluster;
+    use crate::state::DemandLedger;
+    use interruption::{InterruptionEvent, InterruptionKind, SimInterruptions};
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use std::time::Duration;
+
+    fn t0() -> jiff::Timestamp {
+        "2026-12-04T12:00:00Z".parse().unwrap()
+    }
+
+    struct World {
+        cluster: Arc<SimCluster>,
+        cloud: Arc<SimCloud>,
+    }
+
+    /// Nodes `n0..` of m5.2xlarge (8 vCPU), each with `pods[i]` one-vCPU pods; the pods of node
+    /// `dnd` carry `karpenter.sh/do-not-disrupt`.
+    async fn world(pods: &[usize], dnd: Option<usize>) -> World {
+        let cluster = SimCluster::new(
+            t0(),
+            SharedState::new(),
+            DemandLedger::new(Duration::from_secs(600), 1000),
+            Duration::from_secs(120),
+        );
+        let pool: NodePool = serde_yaml::from_str(
+            r#"
+metadata: {name: default}
+spec:
+  template: {spec: {nodeClassRef: {name: default}}}
+  disruption: {budgets: [{nodes: "100%"}]}
+"#,
+        )
+        .unwrap();
+        cluster.put_nodepool(pool);
+        cluster.put_nodeclass(
+            serde_yaml::from_str::<EC2NodeClass>("metadata: {name: default}\nspec: {}").unwrap(),
+        );
+        let catalog = Catalog::embedded().unwrap();
+        let alloc = catalog
+            .get("m5.2xlarge")
+            .unwrap()
+            .allocatable(None)
+            .to_map();
+        for (i, count) in pods.iter().enumerate() {
+            let name = format!("n{i}");
+            let claim_name = format!("default-{i}");
+            let mut claim = NodeClaim::new(&claim_name, Default::default());
+            claim.metadata.labels = Some([(NODEPOOL.to_string(), "default".to_string())].into());
+            claim.spec.node_class_ref.name = "default".into();
+            cluster.create_nodeclaim(&claim).await.unwrap();
+            let mut status = NodeClaimStatus {
+                node_name: Some(name.clone()),
+                instance_type: Some("m5.2xlarge".into()),
+                price_per_hour: Some("0.3840".into()),
+                provider_id: Some(format!("aws:///us-east-1a/i-{i}")),
+                ..Default::default()
+            };
+            set_condition(
+                &mut status,
+                conditions::INITIALIZED,
+                true,
+                "Initialized",
+                t0(),
+            );
+            cluster
+                .update_nodeclaim_status(&claim_name, &status)
+                .await
+                .unwrap();
+            let mut node = Node::default();
+            node.metadata.name = Some(name.clone());
+            node.metadata.labels = Some(
+                [
+                    (NODEPOOL, "default"),
+                    (NODECLAIM, claim_name.as_str()),
+                    (INSTANCE_TYPE, "m5.2xlarge"),
+                    (ZONE, "us-east-1a"),
+                    (CAPACITY_TYPE, "spot"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            );
+            node.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+                provider_id: Some(format!("aws:///us-east-1a/i-{i}")),
+                ..Default::default()
+            });
+            node.status = Some(k8s_openapi::api::core::v1::NodeStatus {
+                allocatable: Some(
+                    alloc
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                k8s_openapi::apimachinery::pkg::api::resource::Quantity(v.clone()),
+                            )
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            });
+            cluster.put_node(node);
+            for j in 0..*count {
+                let ann = if dnd == Some(i) {
+                    "annotations: {karpenter.sh/do-not-disrupt: 'true'}, "
+                } else {
+                    ""
+                };
+                let pod: Pod = serde_yaml::from_str(&format!(
+                    "metadata: {{name: p{i}-{j}, namespace: default, {ann}}}\nspec: {{containers: [{{name: c, resources: {{requests: {{cpu: '1', memory: 1Gi}}}}}}]}}"
+                ))
+                .unwrap();
+                let uid = cluster.add_pod(pod);
+                cluster.bind(&uid, &name).unwrap();
+            }
+        }
+        cluster.flush();
+        let cloud = Arc::new(SimCloud::new(catalog, SimConfig::default()));
+        World { cluster, cloud }
+    }
+
+    fn controller(w: &World) -> Disruption {
+        Disruption::new(
+            w.cluster.clone(),
+            w.cloud.clone(),
+            w.cluster.shared().clone(),
+            InFlight::default(),
+            DisruptionConfig::default(),
+        )
+    }
+
+    fn deleting(w: &World, claim: &str) -> bool {
+        w.cluster.read(|s| {
+            s.claims
+                .get(claim)
+                .is_some_and(|c| c.metadata.deletion_timestamp.is_some())
+        })
+    }
+
+    #[tokio::test]
+    async fn an_empty_node_is_removed_in_one_tick() {
+        let w = world(&[7, 7, 0], None).await;
+        let mut d = controller(&w);
+        let r = d.tick(t0()).await;
+        assert_eq!(r.started.len(), 1, "{:?}", r.started);
+        assert_eq!(r.started[0].command.nodes(), ["n2".to_string()]);
+        assert!(deleting(&w, "default-2"));
+        assert!(!deleting(&w, "default-0") && !deleting(&w, "default-1"));
+        assert_eq!(r.stats.nodes_removed, 1);
+        // Nothing more to do: the full nodes stay.
+        let r = d.tick(t0() + jiff::SignedDuration::from_secs(10)).await;
+        assert!(r.started.is_empty(), "{:?}", r.started);
+    }
+
+    #[tokio::test]
+    async fn do_not_disrupt_pods_pin_their_node() {
+        // n2's single pod would fit on n1, but it asks not to be disrupted.
+        let w = world(&[7, 6, 1], Some(2)).await;
+        let mut d = controller(&w);
+        let r = d.tick(t0()).await;
+        assert!(
+            r.started
+                .iter()
+                .all(|d| !d.command.nodes().contains(&"n2".to_string())),
+            "{:?}",
+            r.started
+        );
+        let w = world(&[7, 6, 1], None).await;
+        let mut d = controller(&w);
+        let r = d.tick(t0()).await;
+        assert_eq!(r.started.len(), 1, "{:?}", r.started);
+        assert_eq!(r.started[0].command.nodes(), ["n2".to_string()]);
+        assert_eq!(r.stats.evictions, 1);
+    }
+
+    #[tokio::test]
+    async fn a_spot_warning_replaces_and_drains_at_once() {
+        let w = world(&[7, 7], None).await;
+        let source = Arc::new(SimInterruptions::new());
+        let mut d = controller(&w).with_interruptions(source.clone());
+        source.push(InterruptionEvent {
+            instance_id: "i-0".into(),
+            kind: InterruptionKind::SpotInterruption,
+        });
+        let r = d.tick(t0()).await;
+        assert_eq!(r.interruptions, 1);
+        let first = &r.started[0];
+        assert!(first.urgent, "{first:?}");
+        assert!(
+            matches!(first.command, decide::Command::Replace { .. }),
+            "{first:?}"
+        );
+        assert_eq!(
+            r.stats.launched as usize,
+            first.command.replacements().len(),
+            "every replacement the planner asked for"
+        );
+        assert_eq!(
+            r.stats.evictions, 7,
+            "drained without waiting for the replacement"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rebalance_recommendation_without_a_cheaper_alternative_is_only_logged() {
+        let w = world(&[7, 7], None).await;
+        // Priced at nothing, no alternative is equal or cheaper.
+        for i in 0..2 {
+            let name = format!("default-{i}");
+            let mut status = w.cluster.read(|s| s.claims[&name].status.clone().unwrap());
+            status.price_per_hour = Some("0".into());
+            w.cluster
+                .update_nodeclaim_status(&name, &status)
+                .await
+                .unwrap();
+        }
+        let source = Arc::new(SimInterruptions::new());
+        let mut d = controller(&w).with_interruptions(source.clone());
+        source.push(InterruptionEvent {
+            instance_id: "i-0".into(),
+            kind: InterruptionKind::RebalanceRecommendation,
+        });
+        let r = d.tick(t0()).await;
+        assert_eq!(r.interruptions, 1);
+        assert!(r.started.is_empty(), "{:?}", r.started);
+        assert_eq!(r.stats.launched, 0);
+    }
+}

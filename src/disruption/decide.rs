@@ -55,6 +55,8 @@ impl Reason {
 }
 
 /// What to do to the cluster.
+// A handful of commands exist at a time; boxing the claim would only add noise at every use.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Command {
     /// Drain and delete these nodes; their pods fit on existing capacity (or none remain).
@@ -62,16 +64,34 @@ pub enum Command {
         /// Node names.
         nodes: Vec<String>,
     },
-    /// Launch one node, wait for it, then drain and delete these nodes.
+    /// Launch the replacement(s), wait for them, then drain and delete these nodes.
     Replace {
         /// Node names.
         nodes: Vec<String>,
         /// The node to launch (its `pods` indices are cleared: nothing is reserved on it).
         replacement: NewClaim,
+        /// More nodes to launch with it; consolidation never uses these (one replacement at
+        /// most), expiration and interruption do when the planner splits the pods.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        extra: Vec<NewClaim>,
     },
 }
 
+/// Most replacements one expiration or interruption launches; beyond that the pods go back to
+/// the provisioner.
+pub const MAX_REPLACEMENTS: usize = 10;
+
 impl Command {
+    /// The nodes to launch, first to last.
+    pub fn replacements(&self) -> Vec<&NewClaim> {
+        match self {
+            Command::Delete { .. } => Vec::new(),
+            Command::Replace {
+                replacement, extra, ..
+            } => std::iter::once(replacement).chain(extra).collect(),
+        }
+    }
+
     /// The nodes the command removes.
     pub fn nodes(&self) -> &[String] {
         match self {
@@ -547,31 +567,7 @@ pub fn decide(input: &DecideInput<'_>) -> Vec<Decision> {
         }
         let plan = what_if(input, &mut receivers, &[i]);
         let expired_at = n.expires_at.map(|t| t.to_string()).unwrap_or_default();
-        let (command, savings, how) = match (plan.claims.as_slice(), plan.unschedulable.is_empty())
-        {
-            ([c], true) => (
-                Command::Replace {
-                    nodes: vec![n.view.name.clone()],
-                    replacement: cleared(c.clone()),
-                },
-                n.price - c.price,
-                format!("replaced by a {}", describe(c)),
-            ),
-            ([], true) => (
-                Command::Delete {
-                    nodes: vec![n.view.name.clone()],
-                },
-                n.price,
-                "its pods fit on other nodes".to_string(),
-            ),
-            _ => (
-                Command::Delete {
-                    nodes: vec![n.view.name.clone()],
-                },
-                n.price,
-                "its pods return to the provisioner".to_string(),
-            ),
-        };
+        let (command, savings, how) = replace_or_delete(n, plan);
         ledger.take(&pool, 1);
         chosen.insert(i);
         out.push(Decision {
@@ -807,6 +803,7 @@ fn consolidation(
                 Command::Replace {
                     nodes: names.clone(),
                     replacement: cleared(c),
+                    extra: Vec::new(),
                 },
                 saved,
                 how,
@@ -828,6 +825,42 @@ fn consolidation(
         pods,
         urgent: false,
     })
+}
+
+/// A node's own removal: replaced by what the planner bought for its pods, or deleted when they
+/// fit elsewhere (or cannot all be placed, in which case the provisioner takes them).
+fn replace_or_delete(n: &NodeFacts, plan: Plan) -> (Command, f64, String) {
+    let nodes = vec![n.view.name.clone()];
+    if !plan.unschedulable.is_empty() || plan.claims.len() > MAX_REPLACEMENTS {
+        let how = "its pods return to the provisioner".to_string();
+        return (Command::Delete { nodes }, n.price, how);
+    }
+    let cost = plan.cost_per_hour();
+    let mut claims = plan.claims.into_iter().map(cleared);
+    match claims.next() {
+        None => (
+            Command::Delete { nodes },
+            n.price,
+            "its pods fit on other nodes".to_string(),
+        ),
+        Some(first) => {
+            let extra: Vec<NewClaim> = claims.collect();
+            let how = if extra.is_empty() {
+                format!("replaced by a {}", describe(&first))
+            } else {
+                format!("replaced by {} nodes at ${cost:.4}/h", extra.len() + 1)
+            };
+            (
+                Command::Replace {
+                    nodes,
+                    replacement: first,
+                    extra,
+                },
+                n.price - cost,
+                how,
+            )
+        }
+    }
 }
 
 fn cleared(mut c: NewClaim) -> NewClaim {
@@ -855,32 +888,13 @@ pub fn interruption(input: &DecideInput<'_>, node: usize, urgent: bool) -> Optio
     }
     let plan = what_if(input, &mut Receivers::new(input.nodes), &[node]);
     let name = n.view.name.clone();
-    let placed = plan.unschedulable.is_empty();
-    let (command, savings, how) = match (plan.claims.as_slice(), placed) {
-        ([], true) => (
-            Command::Delete {
-                nodes: vec![name.clone()],
-            },
-            n.price,
-            "its pods fit on other nodes".to_string(),
-        ),
-        ([c], true) if urgent || c.price <= n.price => (
-            Command::Replace {
-                nodes: vec![name.clone()],
-                replacement: cleared(c.clone()),
-            },
-            n.price - c.price,
-            format!("replaced by a {}", describe(c)),
-        ),
-        _ if urgent => (
-            Command::Delete {
-                nodes: vec![name.clone()],
-            },
-            n.price,
-            "its pods return to the provisioner".to_string(),
-        ),
-        _ => return None,
-    };
+    let alternative = plan.unschedulable.is_empty()
+        && plan.claims.len() <= MAX_REPLACEMENTS
+        && plan.cost_per_hour() <= n.price;
+    if !urgent && !alternative {
+        return None;
+    }
+    let (command, savings, how) = replace_or_delete(n, plan);
     let what = if urgent {
         "is being interrupted"
     } else {

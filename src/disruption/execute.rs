@@ -92,8 +92,8 @@ pub struct Job {
     pub decision: Decision,
     /// Where it is.
     pub phase: Phase,
-    /// The replacement NodeClaim, once created.
-    pub replacement: Option<String>,
+    /// The replacement NodeClaims, as they are created.
+    pub replacements: Vec<String>,
     /// When the current phase began.
     pub phase_since: jiff::Timestamp,
     /// When the drain is forced (from the NodeClaims' `terminationGracePeriod`).
@@ -263,7 +263,7 @@ impl Executor {
             id: self.seq,
             decision,
             phase: Phase::Start,
-            replacement: None,
+            replacements: Vec::new(),
             phase_since: now,
             deadline: None,
             claims,
@@ -365,26 +365,13 @@ impl Executor {
     }
 
     async fn launch(&mut self, job: &mut Job, snapshot: &ClusterSnapshot, now: jiff::Timestamp) {
-        let Command::Replace { replacement, .. } = &job.decision.command else {
-            job.phase = self.begin_drain(job, snapshot, now);
-            return;
-        };
-        let Some(pool) = snapshot.nodepools.get(&replacement.pool) else {
-            self.abort(job, snapshot, now, "replacement pool is gone".into())
-                .await;
-            return;
-        };
-        let class_name = &pool.spec.template.spec.node_class_ref.name;
-        let Some(class) = snapshot.nodeclasses.get(class_name) else {
-            self.abort(
-                job,
-                snapshot,
-                now,
-                format!("nodeclass {class_name} not found"),
-            )
-            .await;
-            return;
-        };
+        let wanted: Vec<crate::plan::NewClaim> = job
+            .decision
+            .command
+            .replacements()
+            .into_iter()
+            .cloned()
+            .collect();
         let catalog = match self.cloud.catalog().await {
             Ok(c) => c,
             Err(e) => {
@@ -392,38 +379,55 @@ impl Executor {
                 return;
             }
         };
-        let max_pods = class.spec.kubelet.as_ref().and_then(|k| k.max_pods);
-        let seed = (now.as_nanosecond() as u64) ^ job.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let name = format!("{}-{}", replacement.pool, launch::claim_suffix(seed));
-        let out = launch::launch(
-            self.cluster.as_ref(),
-            self.cloud.as_ref(),
-            &self.inflight,
-            &name,
-            pool,
-            class,
-            replacement,
-            &[],
-            &catalog,
-            max_pods,
-            now,
-        )
-        .await;
-        match out {
-            LaunchOutcome::Launched(_) | LaunchOutcome::Retry(_) => {
-                self.stats.launched += 1;
-                job.replacement = Some(name);
-                job.phase = if job.decision.urgent {
-                    self.begin_drain(job, snapshot, now)
-                } else {
-                    Phase::AwaitReplacement
-                };
-            }
-            LaunchOutcome::NoCapacity(why) | LaunchOutcome::Failed(why) => {
-                self.abort(job, snapshot, now, format!("replacement failed: {why}"))
-                    .await;
+        // Launched ones are remembered, so a retried tick resumes where it stopped.
+        for (k, replacement) in wanted.iter().enumerate().skip(job.replacements.len()) {
+            let Some(pool) = snapshot.nodepools.get(&replacement.pool) else {
+                let why = format!("replacement pool {} is gone", replacement.pool);
+                self.abort(job, snapshot, now, why).await;
+                return;
+            };
+            let class_name = &pool.spec.template.spec.node_class_ref.name;
+            let Some(class) = snapshot.nodeclasses.get(class_name) else {
+                let why = format!("nodeclass {class_name} not found");
+                self.abort(job, snapshot, now, why).await;
+                return;
+            };
+            let max_pods = class.spec.kubelet.as_ref().and_then(|k| k.max_pods);
+            let seed = (now.as_nanosecond() as u64)
+                ^ job.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (k as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
+            let name = format!("{}-{}", replacement.pool, launch::claim_suffix(seed));
+            let out = launch::launch(
+                self.cluster.as_ref(),
+                self.cloud.as_ref(),
+                &self.inflight,
+                &name,
+                pool,
+                class,
+                replacement,
+                &[],
+                &catalog,
+                max_pods,
+                now,
+            )
+            .await;
+            match out {
+                LaunchOutcome::Launched(_) | LaunchOutcome::Retry(_) => {
+                    self.stats.launched += 1;
+                    job.replacements.push(name);
+                }
+                LaunchOutcome::NoCapacity(why) | LaunchOutcome::Failed(why) => {
+                    self.abort(job, snapshot, now, format!("replacement failed: {why}"))
+                        .await;
+                    return;
+                }
             }
         }
+        job.phase = if job.decision.urgent {
+            self.begin_drain(job, snapshot, now)
+        } else {
+            Phase::AwaitReplacement
+        };
     }
 
     async fn await_replacement(
@@ -432,38 +436,30 @@ impl Executor {
         snapshot: &ClusterSnapshot,
         now: jiff::Timestamp,
     ) {
-        let Some(name) = job.replacement.clone() else {
+        let waited = elapsed(now, job.phase_since);
+        let mut ready = true;
+        for name in job.replacements.clone() {
+            match snapshot.nodeclaims.get(&name) {
+                Some(c) if c.metadata.deletion_timestamp.is_some() => {
+                    let why = format!("replacement {name} was deleted");
+                    self.abort(job, snapshot, now, why).await;
+                    return;
+                }
+                Some(c) if c.is_condition_true(conditions::INITIALIZED) => {}
+                // Absent for a while: the lifecycle controller gave up on it.
+                None if waited > Duration::from_secs(60) => {
+                    self.abort(job, snapshot, now, format!("replacement {name} is gone"))
+                        .await;
+                    return;
+                }
+                _ => ready = false,
+            }
+        }
+        if ready {
             job.phase = self.begin_drain(job, snapshot, now);
-            return;
-        };
-        match snapshot.nodeclaims.get(&name) {
-            Some(c) if c.is_condition_true(conditions::INITIALIZED) => {
-                job.phase = self.begin_drain(job, snapshot, now);
-            }
-            Some(c) if c.metadata.deletion_timestamp.is_some() => {
-                self.abort(
-                    job,
-                    snapshot,
-                    now,
-                    format!("replacement {name} was deleted"),
-                )
-                .await;
-            }
-            // Absent for a while: the lifecycle controller gave up on it.
-            None if elapsed(now, job.phase_since) > Duration::from_secs(60) => {
-                self.abort(job, snapshot, now, format!("replacement {name} is gone"))
-                    .await;
-            }
-            _ if elapsed(now, job.phase_since) > self.config.replacement_timeout => {
-                self.abort(
-                    job,
-                    snapshot,
-                    now,
-                    format!("replacement {name} did not initialize in time"),
-                )
-                .await;
-            }
-            _ => {}
+        } else if waited > self.config.replacement_timeout {
+            let why = "replacement did not initialize in time".to_string();
+            self.abort(job, snapshot, now, why).await;
         }
     }
 
@@ -578,7 +574,7 @@ impl Executor {
                 let _ = self.cluster.update_nodeclaim_status(&name, &status).await;
             }
         }
-        if let Some(r) = &job.replacement {
+        for r in &job.replacements {
             // Launched but not needed: its finalizer terminates the instance.
             let _ = self.cluster.delete_nodeclaim(r).await;
         }
@@ -736,6 +732,7 @@ mod tests {
                     pods: vec![],
                     requests: Default::default(),
                 },
+                extra: vec![],
             },
             urgent,
             reason: if urgent {
@@ -824,7 +821,7 @@ mod tests {
         f.tick(0).await;
         let job = &f.exec.jobs()[0];
         assert_eq!(job.phase, Phase::AwaitReplacement);
-        let r = job.replacement.clone().unwrap();
+        let r = job.replacements[0].clone();
         assert!(f.claim(&r).unwrap().is_condition_true(conditions::LAUNCHED));
         f.tick(20).await;
         assert_eq!(
