@@ -38,12 +38,25 @@ use execute::{ExecConfig, ExecStats, Executor, evictable};
 use interruption::InterruptionSource;
 
 /// Settings for the disruption controller.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct DisruptionConfig {
     /// Decision tunables (churn factor, candidate caps).
     pub decide: DecideConfig,
     /// Executor tunables (back-off, timeouts).
     pub exec: ExecConfig,
+    /// After a move finishes, new moves wait this long while pods are pending, so the next
+    /// what-if does not count room the moved pods are about to take.
+    pub settle: std::time::Duration,
+}
+
+impl Default for DisruptionConfig {
+    fn default() -> Self {
+        DisruptionConfig {
+            decide: DecideConfig::default(),
+            exec: ExecConfig::default(),
+            settle: std::time::Duration::from_secs(120),
+        }
+    }
 }
 
 /// What one tick did, for logs and the demo.
@@ -274,6 +287,11 @@ impl Disruption {
         &self.executor
     }
 
+    /// The pods evicted since the last call (see [`Executor::take_evicted`]).
+    pub fn take_evicted(&mut self) -> Vec<Arc<k8s_openapi::api::core::v1::Pod>> {
+        self.executor.take_evicted()
+    }
+
     /// The cluster writes go to.
     pub fn cluster(&self) -> &Arc<dyn ClusterApi> {
         &self.cluster
@@ -340,7 +358,11 @@ impl Disruption {
 
         // Voluntary disruption, off the async threads.
         let mut config = self.config.decide;
-        config.moves_allowed = !self.executor.moving();
+        let settling = !snapshot.pending.is_empty()
+            && self.executor.last_move_done().is_some_and(|t| {
+                now.duration_since(t).as_secs_f64() < self.config.settle.as_secs_f64()
+            });
+        config.moves_allowed = config.moves_allowed && !self.executor.moving() && !settling;
         let started = Instant::now();
         let cat = catalog.clone();
         let decided = tokio::task::spawn_blocking(move || {

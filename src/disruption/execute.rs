@@ -144,6 +144,8 @@ pub struct Executor {
     jobs: Vec<Job>,
     seq: u64,
     stats: ExecStats,
+    evicted: Vec<Arc<Pod>>,
+    last_move_done: Option<jiff::Timestamp>,
 }
 
 fn after(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
@@ -193,6 +195,8 @@ impl Executor {
             jobs: Vec::new(),
             seq: 0,
             stats: ExecStats::default(),
+            evicted: Vec::new(),
+            last_move_done: None,
         }
     }
 
@@ -204,6 +208,17 @@ impl Executor {
     /// Counters so far.
     pub fn stats(&self) -> &ExecStats {
         &self.stats
+    }
+
+    /// The pods evicted since the last call, as they were; a simulation without ReplicaSets
+    /// re-creates them to model their controllers.
+    pub fn take_evicted(&mut self) -> Vec<Arc<Pod>> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// When the last job that moved pods finished.
+    pub fn last_move_done(&self) -> Option<jiff::Timestamp> {
+        self.last_move_done
     }
 
     /// Forgets finished jobs.
@@ -296,7 +311,7 @@ impl Executor {
             Phase::Launching => self.launch(job, snapshot, now).await,
             Phase::AwaitReplacement => self.await_replacement(job, snapshot, now).await,
             Phase::Draining => self.drain(job, snapshot, now).await,
-            Phase::Deleting => self.delete(job).await,
+            Phase::Deleting => self.delete(job, now).await,
             Phase::Done | Phase::Failed(_) => {}
         }
     }
@@ -491,6 +506,7 @@ impl Executor {
                 match self.cluster.evict_pod(&ns, &name).await {
                     Ok(()) | Err(ClusterError::NotFound(_)) => {
                         self.stats.evictions += 1;
+                        self.evicted.push(pod.clone());
                         job.blocked.remove(&key);
                         job.evicted.insert(key, now);
                     }
@@ -530,7 +546,7 @@ impl Executor {
         }
     }
 
-    async fn delete(&mut self, job: &mut Job) {
+    async fn delete(&mut self, job: &mut Job, now: jiff::Timestamp) {
         for (node, claim) in &job.claims {
             let r = match claim {
                 Some(c) => self.cluster.delete_nodeclaim(c).await,
@@ -544,6 +560,9 @@ impl Executor {
         }
         self.stats.nodes_removed += job.claims.len() as u64;
         self.stats.completed += 1;
+        if job.decision.pods > 0 {
+            self.last_move_done = Some(now);
+        }
         info!(
             job = job.id,
             nodes = job.claims.len(),
