@@ -45,7 +45,8 @@ pub struct DisruptionConfig {
     /// Executor tunables (back-off, timeouts).
     pub exec: ExecConfig,
     /// After a move finishes, new moves wait this long while pods are pending, so the next
-    /// what-if does not count room the moved pods are about to take.
+    /// what-if does not count room the moved pods are about to take; and nodes younger than
+    /// this (since Initialized) are not disrupted voluntarily.
     pub settle: std::time::Duration,
 }
 
@@ -148,12 +149,28 @@ fn price_of(
         .unwrap_or(0.0)
 }
 
-/// Builds decision input from a snapshot. `busy` names nodes a job is already disrupting.
+/// When the claim's Initialized condition last became True.
+fn initialized_at(c: &NodeClaim) -> Option<jiff::Timestamp> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|x| x.type_ == conditions::INITIALIZED && x.status == "True")?
+        .last_transition_time
+        .as_deref()?
+        .parse()
+        .ok()
+}
+
+/// Builds decision input from a snapshot. `busy` names nodes a job is already disrupting;
+/// nodes initialized less than `young` ago count as not yet initialized, so fresh capacity (a
+/// replacement above all) gets its pods before it can look empty.
 pub fn facts(
     snapshot: &ClusterSnapshot,
     catalog: &Catalog,
     busy: &HashSet<String>,
     churn: &mut PodChurn,
+    young: std::time::Duration,
     now: jiff::Timestamp,
 ) -> Facts {
     let round = input::build(snapshot, &[], catalog);
@@ -221,7 +238,9 @@ pub fn facts(
             pods,
             do_not_disrupt,
             disrupting,
-            initialized: claim.is_some_and(|c| c.is_condition_true(conditions::INITIALIZED)),
+            initialized: claim
+                .and_then(initialized_at)
+                .is_some_and(|t| now.duration_since(t).as_secs_f64() >= young.as_secs_f64()),
             since,
             expires_at,
         });
@@ -314,7 +333,14 @@ impl Disruption {
         };
         self.executor.prune();
         let busy = self.executor.busy_nodes();
-        let mut facts = facts(&snapshot, &catalog, &busy, &mut self.churn, now);
+        let mut facts = facts(
+            &snapshot,
+            &catalog,
+            &busy,
+            &mut self.churn,
+            self.config.settle,
+            now,
+        );
 
         // Interruptions first: the instance goes whatever the budgets say.
         let events = match &self.source {
@@ -465,7 +491,7 @@ spec:
                 conditions::INITIALIZED,
                 true,
                 "Initialized",
-                t0(),
+                t0() - jiff::SignedDuration::from_hours(1),
             );
             cluster
                 .update_nodeclaim_status(&claim_name, &status)
@@ -628,5 +654,145 @@ spec:
         assert_eq!(r.interruptions, 1);
         assert!(r.started.is_empty(), "{:?}", r.started);
         assert_eq!(r.stats.launched, 0);
+    }
+
+    /// The whole loop on the simulation: the lifecycle controller and the fake kubelet bring
+    /// up three nodes, the disruption controller replaces the underused one with a cheaper type,
+    /// waits for the replacement to initialize, drains, and the lifecycle controller's finalizer
+    /// terminates the old instance.
+    #[tokio::test]
+    async fn an_underused_node_is_replaced_end_to_end() {
+        use crate::lifecycle::{Lifecycle, LifecycleConfig};
+        use crate::model::CapacityType;
+        use crate::plan::{ClaimOption, NewClaim};
+        use crate::provision::launch::{LaunchOutcome, launch};
+        use crate::sim::kubelet::{KubeletConfig, SimKubelet};
+
+        let w = world(&[], None).await;
+        let api: Arc<dyn ClusterApi> = w.cluster.clone();
+        let cloud: Arc<dyn CloudProvider> = w.cloud.clone();
+        let catalog = cloud.catalog().await.unwrap();
+        let inflight = InFlight::default();
+        let snap = w.cluster.shared().load();
+        let pool = snap.nodepools["default"].clone();
+        let class = snap.nodeclasses["default"].clone();
+        let planned = NewClaim {
+            pool: "default".into(),
+            options: vec![ClaimOption {
+                instance_type: "m5.2xlarge".into(),
+                price: 0.384,
+            }],
+            zones: vec!["us-east-1a".into()],
+            capacity_types: vec![CapacityType::OnDemand],
+            capacity_type: CapacityType::OnDemand,
+            price: 0.384,
+            pods: vec![],
+            requests: Default::default(),
+        };
+        for i in 0..3 {
+            let out = launch(
+                api.as_ref(),
+                cloud.as_ref(),
+                &inflight,
+                &format!("default-{i}"),
+                &pool,
+                &class,
+                &planned,
+                &[],
+                &catalog,
+                None,
+                t0(),
+            )
+            .await;
+            assert!(matches!(out, LaunchOutcome::Launched(_)), "{out:?}");
+        }
+        let mut lifecycle = Lifecycle::new(
+            api.clone(),
+            cloud.clone(),
+            w.cluster.shared().clone(),
+            inflight.clone(),
+            LifecycleConfig::default(),
+        );
+        let mut kubelet = SimKubelet::new(KubeletConfig::typical(catalog.clone()));
+        let mut now = t0();
+        let step = jiff::SignedDuration::from_secs(5);
+        let initialized = |w: &World| {
+            w.cluster.read(|s| {
+                s.claims
+                    .values()
+                    .filter(|c| c.is_condition_true(conditions::INITIALIZED))
+                    .filter_map(|c| c.status.as_ref()?.node_name.clone())
+                    .collect::<Vec<String>>()
+            })
+        };
+        while initialized(&w).len() < 3 {
+            assert!(
+                now < t0() + jiff::SignedDuration::from_secs(600),
+                "nodes never came up"
+            );
+            now += step;
+            w.cluster.set_now(now);
+            w.cloud.advance(Duration::from_secs(5));
+            kubelet.step(now, cloud.as_ref(), &w.cluster).await;
+            lifecycle.tick(now).await;
+        }
+        let mut nodes = initialized(&w);
+        nodes.sort();
+        // Two full nodes, one holding a single pod that fits nowhere else.
+        for (i, node) in nodes.iter().enumerate() {
+            let count = if i == 2 { 1 } else { 7 };
+            for j in 0..count {
+                let pod: Pod = serde_yaml::from_str(&format!(
+                    "metadata: {{name: p{i}-{j}, namespace: default}}\nspec: {{containers: [{{name: c, resources: {{requests: {{cpu: '1', memory: 1Gi}}}}}}]}}"
+                ))
+                .unwrap();
+                let uid = w.cluster.add_pod(pod);
+                w.cluster.bind(&uid, node).unwrap();
+            }
+        }
+        w.cluster.flush();
+        let mut d = Disruption::new(
+            api.clone(),
+            cloud.clone(),
+            w.cluster.shared().clone(),
+            inflight.clone(),
+            DisruptionConfig::default(),
+        );
+        let mut decisions = Vec::new();
+        let victim = nodes[2].clone();
+        loop {
+            assert!(
+                now < t0() + jiff::SignedDuration::from_secs(1800),
+                "never finished: {decisions:?}"
+            );
+            let r = d.tick(now).await;
+            decisions.extend(r.started);
+            lifecycle.tick(now).await;
+            kubelet.step(now, cloud.as_ref(), &w.cluster).await;
+            if w.cluster.read(|s| !s.nodes.contains_key(&victim)) {
+                break;
+            }
+            now += step;
+            w.cluster.set_now(now);
+            w.cloud.advance(Duration::from_secs(5));
+        }
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
+        let decision = &decisions[0];
+        assert_eq!(decision.command.nodes(), [victim.clone()]);
+        let decide::Command::Replace { replacement, .. } = &decision.command else {
+            panic!("expected a replacement: {decision:?}");
+        };
+        assert!(replacement.price < 0.384);
+        assert_eq!(d.executor().stats().evictions, 1);
+        assert_eq!(d.take_evicted().len(), 1);
+        // The old claim went through its finalizer: instance terminated, claim gone.
+        assert!(w.cluster.read(|s| !s.claims.contains_key("default-2")));
+        let live = w
+            .cloud
+            .instances()
+            .into_iter()
+            .filter(|i| i.state.is_alive())
+            .count();
+        assert_eq!(live, 3, "two old nodes and the replacement");
     }
 }
