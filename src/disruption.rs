@@ -778,7 +778,7 @@ spec:
         }
         assert_eq!(decisions.len(), 1, "{decisions:?}");
         let decision = &decisions[0];
-        assert_eq!(decision.command.nodes(), [victim.clone()]);
+        assert_eq!(decision.command.nodes(), std::slice::from_ref(&victim));
         let decide::Command::Replace { replacement, .. } = &decision.command else {
             panic!("expected a replacement: {decision:?}");
         };
