@@ -16,6 +16,7 @@ pub mod admission;
 pub mod certs;
 pub mod cli;
 pub mod cloud;
+pub mod disruption;
 pub mod extender;
 pub mod kube;
 pub mod lifecycle;
