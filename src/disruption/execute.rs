@@ -890,4 +890,152 @@ mod tests {
         f.exec.prune();
         assert!(f.exec.jobs().is_empty());
     }
+
+    /// The mock-API-server pattern (STYLE.md): the executor writes through the real
+    /// `KubeCluster`, whose client reaches a tower-test handle that plays the API server —
+    /// a PDB's 429 on the first eviction, success afterwards.
+    #[tokio::test]
+    async fn the_executor_drains_through_the_api_server_and_backs_off_a_429() {
+        use crate::kube::cluster::KubeCluster;
+        use axum::http::{Request, Response};
+        use kube::client::Body;
+        use std::sync::Mutex;
+        use tower_test::mock;
+
+        let f = fixture(None).await;
+        let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let api = Arc::new(KubeCluster::new(kube::Client::new(svc, "default"), "test"));
+        let cloud = Arc::new(SimCloud::embedded(SimConfig::default()).unwrap());
+        let mut exec = Executor::new(api, cloud, InFlight::default(), ExecConfig::default());
+        let calls = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = calls.clone();
+        let server = tokio::spawn(async move {
+            let mut refused = false;
+            while let Some((req, send)) = handle.next_request().await {
+                let call = format!("{} {}", req.method(), req.uri().path());
+                let body = req.into_body().collect_bytes().await.unwrap();
+                let body: serde_json::Value = if body.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_slice(&body).unwrap()
+                };
+                let (code, reply) = match call.as_str() {
+                    "GET /api/v1/nodes/n1" | "PATCH /api/v1/nodes/n1" => (
+                        200,
+                        serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                            "metadata": {"name": "n1", "resourceVersion": "1"}}),
+                    ),
+                    "POST /api/v1/namespaces/default/pods/a/eviction" if !refused => {
+                        refused = true;
+                        (
+                            429,
+                            serde_json::json!({"apiVersion": "v1", "kind": "Status",
+                                "status": "Failure", "code": 429, "reason": "TooManyRequests",
+                                "message": "Cannot evict pod as it would violate the pod's disruption budget."}),
+                        )
+                    }
+                    c if c.ends_with("/eviction") => (
+                        201,
+                        serde_json::json!({"apiVersion": "v1", "kind": "Status",
+                            "status": "Success", "metadata": {}}),
+                    ),
+                    c if c.starts_with("PATCH /apis/gantry.dev/v1/nodeclaims/")
+                        || c.starts_with("DELETE /apis/gantry.dev/v1/nodeclaims/") =>
+                    {
+                        (
+                            200,
+                            serde_json::json!({"apiVersion": "gantry.dev/v1", "kind": "NodeClaim",
+                                "metadata": {"name": "default-aaaaa"},
+                                "spec": {"nodeClassRef": {"name": "default"}}}),
+                        )
+                    }
+                    // Events (created or patched as a series): echo them back.
+                    c if c.contains("/events") => (201, body.clone()),
+                    _ => (
+                        404,
+                        serde_json::json!({"apiVersion": "v1", "kind": "Status",
+                        "status": "Failure", "code": 404, "reason": "NotFound"}),
+                    ),
+                };
+                if call.starts_with("PATCH /api/v1/nodes/") {
+                    let keys: Vec<&str> = body["spec"]["taints"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t["key"].as_str().unwrap())
+                        .collect();
+                    assert_eq!(keys, [TAINT_DISRUPTED]);
+                }
+                if call.ends_with("/status") {
+                    let conds = body["status"]["conditions"].as_array().unwrap();
+                    assert!(conds.iter().any(|c| c["type"] == conditions::DISRUPTING
+                        && c["status"] == "True"
+                        && c["reason"] == "Underutilized"));
+                }
+                seen.lock().unwrap().push(call);
+                send.send_response(
+                    Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+
+        let snap = f.snap();
+        assert!(exec.start(delete_n1(), &snap, t0()));
+        exec.tick(&snap, t0()).await;
+        assert_eq!(exec.jobs()[0].phase, Phase::Draining);
+        assert_eq!((exec.stats().evictions, exec.stats().blocked), (1, 1));
+        // Within the 5 s back-off nothing is retried; at 5 s the refused pod goes.
+        exec.tick(&snap, at(4)).await;
+        assert_eq!(exec.stats().blocked, 1);
+        exec.tick(&snap, at(5)).await;
+        assert_eq!((exec.stats().evictions, exec.stats().blocked), (2, 1));
+        // The API server deleted both evicted pods; the claim is deleted next.
+        for name in ["a", "b"] {
+            let uid = f.cluster.read(|s| {
+                s.pods
+                    .iter()
+                    .find(|(_, p)| p.metadata.name.as_deref() == Some(name))
+                    .map(|(u, _)| u.clone())
+                    .unwrap()
+            });
+            f.cluster.delete_pod(&uid);
+        }
+        let snap = f.snap();
+        exec.tick(&snap, at(6)).await;
+        assert_eq!(exec.jobs()[0].phase, Phase::Done);
+        drop(exec);
+        let calls = calls.lock().unwrap().clone();
+        let pos = |c: &str| {
+            calls
+                .iter()
+                .position(|x| x == c)
+                .unwrap_or_else(|| panic!("{c} never called: {calls:?}"))
+        };
+        let evict_a = "POST /api/v1/namespaces/default/pods/a/eviction";
+        assert!(
+            pos("PATCH /api/v1/nodes/n1") < pos(evict_a),
+            "taint before evictions"
+        );
+        assert!(
+            pos("PATCH /apis/gantry.dev/v1/nodeclaims/default-aaaaa/status") < pos(evict_a),
+            "Disrupting before evictions"
+        );
+        assert_eq!(
+            calls.iter().filter(|c| *c == evict_a).count(),
+            2,
+            "{calls:?}"
+        );
+        assert!(
+            !calls.iter().any(|c| c.contains("kube-proxy")),
+            "DaemonSet pods are not evicted: {calls:?}"
+        );
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("DELETE /apis/gantry.dev/v1/nodeclaims/default-aaaaa")
+        );
+        server.abort();
+    }
 }

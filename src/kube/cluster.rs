@@ -276,6 +276,185 @@ impl ClusterApi for KubeCluster {
 mod tests {
     use super::*;
     use crate::model::{Effect, Taint};
+    use axum::http::{Request, Response, StatusCode};
+    use kube::client::Body;
+    use tower_test::mock;
+
+    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+    /// The mock-API-server pattern: a client whose every request reaches `handle`, where a
+    /// verifier task asserts method, path and body and answers.
+    fn mock_cluster() -> (KubeCluster, Handle) {
+        let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        (
+            KubeCluster::new(Client::new(svc, "default"), "test"),
+            handle,
+        )
+    }
+
+    async fn expect(
+        handle: &mut Handle,
+        method: &str,
+        path: &str,
+    ) -> (serde_json::Value, mock::SendResponse<Response<Body>>) {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .expect("no request arrived")
+            .expect("service dropped");
+        assert_eq!(req.method().as_str(), method);
+        assert_eq!(req.uri().path(), path, "{}", req.uri());
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (body, send)
+    }
+
+    fn respond(send: mock::SendResponse<Response<Body>>, code: u16, body: serde_json::Value) {
+        send.send_response(
+            Response::builder()
+                .status(StatusCode::from_u16(code).unwrap())
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    fn status(code: u16, reason: &str) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                           "code": code, "reason": reason, "message": reason})
+    }
+
+    fn node(rv: &str) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n1", "resourceVersion": rv},
+            "spec": {"taints": [
+                {"key": "gantry.dev/unregistered", "value": "true", "effect": "NoExecute"},
+                {"key": "gantry.dev/initializing", "value": "true", "effect": "NoSchedule"}]}})
+    }
+
+    #[tokio::test]
+    async fn create_nodeclaim_posts_with_the_finalizer() {
+        let (cluster, mut handle) = mock_cluster();
+        let verifier = tokio::spawn(async move {
+            let (body, send) = expect(&mut handle, "POST", "/apis/gantry.dev/v1/nodeclaims").await;
+            assert_eq!(body["metadata"]["finalizers"][0], TERMINATION_FINALIZER);
+            let mut created = body.clone();
+            created["metadata"]["uid"] = "uid-1".into();
+            respond(send, 201, created);
+        });
+        let claim = NodeClaim::new("general-abcde", Default::default());
+        let got = cluster.create_nodeclaim(&claim).await.unwrap();
+        assert_eq!(got.metadata.uid.as_deref(), Some("uid-1"));
+        verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn node_patch_retries_a_conflict_with_a_fresh_read() {
+        let (cluster, mut handle) = mock_cluster();
+        let verifier = tokio::spawn(async move {
+            let (_, send) = expect(&mut handle, "GET", "/api/v1/nodes/n1").await;
+            respond(send, 200, node("1"));
+            let (body, send) = expect(&mut handle, "PATCH", "/api/v1/nodes/n1").await;
+            assert_eq!(body["metadata"]["resourceVersion"], "1");
+            respond(send, 409, status(409, "Conflict"));
+            let (_, send) = expect(&mut handle, "GET", "/api/v1/nodes/n1").await;
+            respond(send, 200, node("2"));
+            let (body, send) = expect(&mut handle, "PATCH", "/api/v1/nodes/n1").await;
+            assert_eq!(body["metadata"]["resourceVersion"], "2");
+            assert_eq!(body["metadata"]["labels"]["gantry.dev/nodeclaim"], "c1");
+            let keys: Vec<&str> = body["spec"]["taints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["key"].as_str().unwrap())
+                .collect();
+            assert_eq!(keys, vec!["gantry.dev/initializing"]);
+            respond(send, 200, node("3"));
+        });
+        let patch = NodePatch {
+            labels: [("gantry.dev/nodeclaim".to_string(), "c1".to_string())].into(),
+            remove_taints: vec!["gantry.dev/unregistered".into()],
+            ..Default::default()
+        };
+        cluster.patch_node("n1", &patch).await.unwrap();
+        verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn eviction_refused_by_a_budget_is_blocked() {
+        let (cluster, mut handle) = mock_cluster();
+        let verifier = tokio::spawn(async move {
+            let (body, send) = expect(
+                &mut handle,
+                "POST",
+                "/api/v1/namespaces/shop/pods/web-1/eviction",
+            )
+            .await;
+            assert_eq!(body["metadata"]["name"], "web-1");
+            respond(send, 429, status(429, "TooManyRequests"));
+        });
+        let err = cluster.evict_pod("shop", "web-1").await.unwrap_err();
+        assert!(matches!(err, ClusterError::Blocked(_)), "{err:?}");
+        verifier.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn finalizer_removal_keeps_other_finalizers_and_deletes_are_idempotent() {
+        let (cluster, mut handle) = mock_cluster();
+        let verifier = tokio::spawn(async move {
+            let (_, send) = expect(&mut handle, "GET", "/apis/gantry.dev/v1/nodeclaims/c1").await;
+            respond(
+                send,
+                200,
+                serde_json::json!({"apiVersion": "gantry.dev/v1", "kind": "NodeClaim",
+                "metadata": {"name": "c1", "resourceVersion": "7",
+                             "finalizers": [TERMINATION_FINALIZER, "other/keep"]},
+                "spec": {"nodeClassRef": {"name": "default"}}}),
+            );
+            let (body, send) =
+                expect(&mut handle, "PATCH", "/apis/gantry.dev/v1/nodeclaims/c1").await;
+            assert_eq!(
+                body["metadata"]["finalizers"],
+                serde_json::json!(["other/keep"])
+            );
+            assert_eq!(body["metadata"]["resourceVersion"], "7");
+            respond(
+                send,
+                200,
+                serde_json::json!({"apiVersion": "gantry.dev/v1", "kind": "NodeClaim",
+                "metadata": {"name": "c1"}, "spec": {"nodeClassRef": {"name": "default"}}}),
+            );
+            let (_, send) =
+                expect(&mut handle, "DELETE", "/apis/gantry.dev/v1/nodeclaims/c1").await;
+            respond(send, 404, status(404, "NotFound"));
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/gantry.dev/v1/nodeclaims/c1/status",
+            )
+            .await;
+            assert_eq!(body["status"]["providerID"], "aws:///us-east-1a/i-1");
+            respond(
+                send,
+                200,
+                serde_json::json!({"apiVersion": "gantry.dev/v1", "kind": "NodeClaim",
+                "metadata": {"name": "c1"}, "spec": {"nodeClassRef": {"name": "default"}}}),
+            );
+        });
+        cluster.remove_nodeclaim_finalizer("c1").await.unwrap();
+        cluster.delete_nodeclaim("c1").await.unwrap();
+        let status = NodeClaimStatus {
+            provider_id: Some("aws:///us-east-1a/i-1".into()),
+            ..Default::default()
+        };
+        cluster
+            .update_nodeclaim_status("c1", &status)
+            .await
+            .unwrap();
+        verifier.await.unwrap();
+    }
 
     #[test]
     fn taint_patches_remove_then_add_once() {
