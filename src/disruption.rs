@@ -376,6 +376,7 @@ impl Disruption {
             };
             match decide::interruption(&input, idx, ev.kind.urgent()) {
                 Some(d) => {
+                    info!(instance = %ev.instance_id, kind = ?ev.kind, urgent = d.urgent, message = %d.message, "interruption handled");
                     if self.executor.start(d.clone(), &snapshot, now) {
                         report.started.push(d);
                         if let Some(n) = facts.nodes.get_mut(idx) {
