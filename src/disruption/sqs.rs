@@ -516,9 +516,10 @@ impl SqsInterruptions {
         })
     }
 
-    /// Waits until the receiver has handed over at least one message since the last wait (or
-    /// returns at once if it did meanwhile); for callers that want to react instead of ticking.
-    pub async fn ready(&self) {
+    /// Waits until the receiver has dealt with a non-empty receive since the last wait (or
+    /// returns at once if it did meanwhile): its notices are ready for `poll`, its unusable
+    /// messages are queued for deletion. For callers that react instead of ticking, and tests.
+    pub async fn received(&self) {
         self.ready.notified().await;
     }
 
@@ -666,7 +667,7 @@ async fn receive_loop(
                 continue;
             }
         };
-        let mut delivered = false;
+        let any = !messages.is_empty();
         for m in messages {
             let (kind, result, events) = match m.message {
                 EventBridgeMessage::Notices(events) => {
@@ -705,7 +706,6 @@ async fn receive_loop(
                     r = acks.send(Ack::Delete { url, receipt }) => r.is_ok(),
                 }
             } else {
-                delivered = true;
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     r = deliveries.send(Delivery { url, receipt, events }) => r.is_ok(),
@@ -715,7 +715,7 @@ async fn receive_loop(
                 return;
             }
         }
-        if delivered {
+        if any {
             ready.notify_one();
         }
     }
