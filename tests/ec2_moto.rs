@@ -1,4 +1,5 @@
-//! The EC2 provider against moto's real EC2 server over HTTP, through a fault-injecting proxy.
+//! The EC2 provider against moto's real EC2 server over HTTP, through a fault-injecting proxy;
+//! and, at the end, the SQS interruption source against the same server's SQS.
 //!
 //! One moto server serves the whole binary; tests isolate themselves by cluster name, VPC,
 //! subnet tags and NodeClass name instead of resetting shared state.
