@@ -35,6 +35,8 @@
 //!   transient failures back off exponentially with jitter, configuration errors (a missing
 //!   queue, denied access) are logged at `error` naming the queue and retried slowly.
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -241,10 +243,9 @@ pub fn retry_delay(class: ErrorClass, failures: u32, config: &SqsConfig) -> Dura
         .initial_backoff
         .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
         .min(config.max_backoff);
-    let mut h =
-        std::hash::BuildHasher::build_hasher(&std::collections::hash_map::RandomState::new());
-    std::hash::Hasher::write_u32(&mut h, failures);
-    let frac = (std::hash::Hasher::finish(&h) % 1000) as f64 / 1000.0;
+    let mut h = RandomState::new().build_hasher();
+    h.write_u32(failures);
+    let frac = (h.finish() % 1000) as f64 / 1000.0;
     base.mul_f64(0.5 + 0.5 * frac)
 }
 
