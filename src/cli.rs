@@ -135,6 +135,17 @@ pub struct ServeArgs {
     /// EC2 endpoint override (VPC endpoints, moto).
     #[arg(long, env = "GANTRY_EC2_ENDPOINT")]
     pub ec2_endpoint: Option<String>,
+    /// Do not run the disruption controller (consolidation, expiration, interruption) even with
+    /// `--cloud ec2`: nodes are then only ever added.
+    #[arg(long, env = "GANTRY_DISABLE_DISRUPTION")]
+    pub disable_disruption: bool,
+    /// SQS queue (URL, or name in --region) EventBridge delivers spot interruption warnings,
+    /// rebalance recommendations, scheduled changes and state changes to; none without it.
+    #[arg(long, env = "GANTRY_INTERRUPTION_QUEUE")]
+    pub interruption_queue: Option<String>,
+    /// SQS endpoint override (VPC endpoints, moto).
+    #[arg(long, env = "GANTRY_SQS_ENDPOINT")]
+    pub sqs_endpoint: Option<String>,
     /// Batching: plan once no new demand arrived for this long.
     #[arg(long, env = "GANTRY_BATCH_IDLE", default_value = "1s", value_parser = parse_duration)]
     pub batch_idle: Duration,
@@ -183,6 +194,28 @@ impl ServeArgs {
                 return Err(invalid(flag, "must be greater than zero"));
             }
         }
+        if self.sqs_endpoint.is_some() && self.interruption_queue.is_none() {
+            return Err(invalid("sqs-endpoint", "needs --interruption-queue"));
+        }
+        let interruption = match &self.interruption_queue {
+            None => None,
+            Some(_) if self.disable_disruption => {
+                return Err(invalid(
+                    "interruption-queue",
+                    "has no effect with --disable-disruption",
+                ));
+            }
+            Some(_) if self.cloud == ServeCloud::None => {
+                return Err(invalid("interruption-queue", "needs --cloud ec2"));
+            }
+            Some(q) => {
+                let queue = crate::disruption::sqs::QueueRef::parse(q)
+                    .map_err(|p| invalid("interruption-queue", &p))?;
+                let mut sqs = crate::disruption::sqs::SqsConfig::new(queue, &self.region);
+                sqs.endpoint = self.sqs_endpoint.clone();
+                Some(sqs)
+            }
+        };
         let controllers = match self.cloud {
             ServeCloud::None => None,
             ServeCloud::Ec2 => {
@@ -209,6 +242,9 @@ impl ServeArgs {
                         ..Default::default()
                     },
                     lifecycle: crate::lifecycle::LifecycleConfig::default(),
+                    disruption: (!self.disable_disruption)
+                        .then(crate::disruption::DisruptionConfig::default),
+                    interruption,
                     lease_namespace: self.leader_namespace.clone(),
                     lease_name: "gantry-leader".into(),
                     identity,
@@ -330,5 +366,82 @@ mod tests {
                 .to_string()
                 .contains("health-listen")
         );
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+        let cli = Cli::try_parse_from(["gantry", "serve"].iter().chain(args)).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        args.into_config()
+    }
+
+    #[test]
+    fn disruption_and_interruption_flags_validate() {
+        use crate::disruption::sqs::QueueRef;
+        let ec2 = ["--cloud", "ec2", "--cluster-name", "c"];
+        let c = serve(&ec2).unwrap().controllers.unwrap();
+        assert!(c.disruption.is_some(), "on by default");
+        assert!(c.interruption.is_none(), "no queue, no source");
+
+        let c = serve(&[&ec2[..], &["--disable-disruption"]].concat())
+            .unwrap()
+            .controllers
+            .unwrap();
+        assert!(c.disruption.is_none());
+
+        let url = "https://sqs.eu-west-1.amazonaws.com/123456789012/gantry";
+        let c = serve(
+            &[
+                &ec2[..],
+                &[
+                    "--region",
+                    "eu-west-1",
+                    "--interruption-queue",
+                    url,
+                    "--sqs-endpoint",
+                    "http://127.0.0.1:5000",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap()
+        .controllers
+        .unwrap();
+        let sqs = c.interruption.unwrap();
+        assert_eq!(sqs.queue, QueueRef::Url(url.into()));
+        assert_eq!(sqs.region, "eu-west-1");
+        assert_eq!(sqs.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+
+        let by_name = serve(&[&ec2[..], &["--interruption-queue", "Karpenter-c"]].concat())
+            .unwrap()
+            .controllers
+            .unwrap()
+            .interruption
+            .unwrap();
+        assert_eq!(by_name.queue, QueueRef::Name("Karpenter-c".into()));
+
+        for (args, flag) in [
+            (
+                [&ec2[..], &["--interruption-queue", "not a queue"]].concat(),
+                "interruption-queue",
+            ),
+            (
+                [
+                    &ec2[..],
+                    &["--interruption-queue", "q", "--disable-disruption"],
+                ]
+                .concat(),
+                "interruption-queue",
+            ),
+            (vec!["--interruption-queue", "q"], "interruption-queue"),
+            (
+                [&ec2[..], &["--sqs-endpoint", "http://x"]].concat(),
+                "sqs-endpoint",
+            ),
+        ] {
+            let err = serve(&args).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("--{flag}:")), "{args:?}: {err}");
+        }
     }
 }

@@ -8,13 +8,15 @@
 //!                          Executor: taint ▶ launch ▶ await Initialized ▶ evict ▶ delete claim
 //! ```
 //!
-//! `decide` is pure (which nodes, why); `execute` is the per-command state machine; and
-//! `interruption` turns cloud notices into events. [`Disruption`] ties them together behind one
+//! `decide` is pure (which nodes, why); `execute` is the per-command state machine;
+//! `interruption` turns cloud notices into events; and `sqs` reads them from the EventBridge
+//! queue on AWS. [`Disruption`] ties them together behind one
 //! `tick(now)`.
 
 pub mod decide;
 pub mod execute;
 pub mod interruption;
+pub mod sqs;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -349,6 +351,11 @@ impl Disruption {
         };
         report.interruptions = events.len();
         for ev in events {
+            if !ev.kind.actionable() {
+                // A node arriving (`pending`, `running`) is no reason to replace it.
+                tracing::debug!(instance = %ev.instance_id, kind = ?ev.kind, "notice needs no action");
+                continue;
+            }
             let Some(idx) = facts.nodes.iter().position(|n| {
                 snapshot
                     .node(&n.view.name)
@@ -369,6 +376,7 @@ impl Disruption {
             };
             match decide::interruption(&input, idx, ev.kind.urgent()) {
                 Some(d) => {
+                    info!(instance = %ev.instance_id, kind = ?ev.kind, urgent = d.urgent, message = %d.message, "interruption handled");
                     if self.executor.start(d.clone(), &snapshot, now) {
                         report.started.push(d);
                         if let Some(n) = facts.nodes.get_mut(idx) {
@@ -629,6 +637,23 @@ spec:
             r.stats.evictions, 7,
             "drained without waiting for the replacement"
         );
+    }
+
+    #[tokio::test]
+    async fn a_state_change_to_running_starts_nothing() {
+        let w = world(&[7, 7], None).await;
+        let source = Arc::new(SimInterruptions::new());
+        let mut d = controller(&w).with_interruptions(source.clone());
+        for state in ["pending", "running"] {
+            source.push(InterruptionEvent {
+                instance_id: "i-0".into(),
+                kind: InterruptionKind::StateChange(state.into()),
+            });
+        }
+        let r = d.tick(t0()).await;
+        assert_eq!(r.interruptions, 2);
+        assert!(r.started.is_empty(), "{:?}", r.started);
+        assert_eq!(r.stats.launched, 0);
     }
 
     #[tokio::test]

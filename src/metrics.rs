@@ -25,6 +25,26 @@ pub struct VerbLabels {
     pub verb: &'static str,
 }
 
+/// Labels for interruption-queue messages: what the message announced, and what became of it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InterruptionLabels {
+    /// `spot_interruption`, `rebalance_recommendation`, `scheduled_change`, `state_change`,
+    /// `other` (a detail type Gantry does not handle) or `unknown` (malformed).
+    pub kind: &'static str,
+    /// `delivered` (handed to the disruption controller), `ignored` or `malformed`; every one
+    /// of them is deleted from the queue.
+    pub result: &'static str,
+}
+
+/// Labels for interruption-queue call failures.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueErrorLabels {
+    /// `get_queue_url`, `receive`, `delete`.
+    pub operation: &'static str,
+    /// `throttled`, `config`, `not_found`, `transient`.
+    pub class: &'static str,
+}
+
 /// Every metric Gantry exports, so handlers and loops share one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -39,6 +59,10 @@ pub struct Metrics {
     pub pending_pods: Gauge,
     /// Certificate reloads that succeeded.
     pub cert_reloads: Counter,
+    /// Interruption-queue messages received, by kind and result.
+    pub interruption_messages: Family<InterruptionLabels, Counter>,
+    /// Interruption-queue call failures, by call and class.
+    pub interruption_queue_errors: Family<QueueErrorLabels, Counter>,
 }
 
 impl Metrics {
@@ -55,6 +79,8 @@ impl Metrics {
         let malformed = Family::<VerbLabels, Counter>::default();
         let pending_pods = Gauge::default();
         let cert_reloads = Counter::default();
+        let interruption_messages = Family::<InterruptionLabels, Counter>::default();
+        let interruption_queue_errors = Family::<QueueErrorLabels, Counter>::default();
         registry.register(
             "requests",
             "Requests served by verb and outcome",
@@ -81,6 +107,16 @@ impl Metrics {
             cert_reloads.clone(),
         );
         registry.register(
+            "interruption_messages",
+            "Interruption-queue (SQS) messages received, by kind and result; all are deleted",
+            interruption_messages.clone(),
+        );
+        registry.register(
+            "interruption_queue_errors",
+            "Interruption-queue (SQS) call failures, by call and error class",
+            interruption_queue_errors.clone(),
+        );
+        registry.register(
             "build",
             "Build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -92,6 +128,8 @@ impl Metrics {
             malformed,
             pending_pods,
             cert_reloads,
+            interruption_messages,
+            interruption_queue_errors,
         }
     }
 

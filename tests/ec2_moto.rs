@@ -1,4 +1,5 @@
-//! The EC2 provider against moto's real EC2 server over HTTP, through a fault-injecting proxy.
+//! The EC2 provider against moto's real EC2 server over HTTP, through a fault-injecting proxy;
+//! and, at the end, the SQS interruption source against the same server's SQS.
 //!
 //! One moto server serves the whole binary; tests isolate themselves by cluster name, VPC,
 //! subnet tags and NodeClass name instead of resetting shared state.
@@ -908,4 +909,259 @@ async fn errors_are_classified() {
             .await,
         Err(CloudError::Config { .. })
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SQS interruption source against moto's SQS (same server, talked to directly: the proxy
+// speaks EC2's query protocol, SQS uses JSON). Queues are named per test.
+
+mod sqs {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use gantry::cloud::CloudError;
+    use gantry::disruption::interruption::{
+        InterruptionEvent, InterruptionKind, InterruptionSource,
+    };
+    use gantry::disruption::sqs::{QueueRef, SqsConfig, SqsInterruptions, SqsQueue};
+    use gantry::metrics::{InterruptionLabels, Metrics};
+
+    use super::moto;
+
+    /// A queue client against moto, short long-polls so tests do not wait 20 s.
+    fn queue(endpoint: &str, queue: QueueRef, partition: &str) -> SqsQueue {
+        let mut c = SqsConfig::new(queue, "us-east-1");
+        c.endpoint = Some(endpoint.to_string());
+        c.wait_time = Duration::from_secs(1);
+        c.visibility_timeout = Duration::from_secs(1);
+        c.initial_backoff = Duration::from_millis(20);
+        SqsQueue::with_static_credentials(c, partition)
+    }
+
+    /// Creates the queue and returns a client configured with its URL.
+    async fn create(endpoint: &str, name: &str) -> (SqsQueue, String) {
+        let admin = queue(endpoint, QueueRef::Name(name.into()), name);
+        let url = admin
+            .client()
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        (queue(endpoint, QueueRef::Url(url.clone()), name), url)
+    }
+
+    async fn send(q: &SqsQueue, url: &str, body: &str) {
+        q.client()
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Messages visible plus in flight, as SQS counts them.
+    async fn depth(q: &SqsQueue, url: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = q
+            .client()
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let attrs = out.attributes().unwrap();
+        [
+            A::ApproximateNumberOfMessages,
+            A::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .map(|a| attrs[a].parse::<u64>().unwrap())
+        .sum()
+    }
+
+    fn counted(m: &Metrics, kind: &'static str, result: &'static str) -> u64 {
+        m.interruption_messages
+            .get_or_create(&InterruptionLabels { kind, result })
+            .get()
+    }
+
+    fn total(m: &Metrics) -> u64 {
+        [
+            ("spot_interruption", "delivered"),
+            ("rebalance_recommendation", "delivered"),
+            ("scheduled_change", "delivered"),
+            ("state_change", "delivered"),
+            ("state_change", "ignored"),
+            ("other", "ignored"),
+            ("unknown", "malformed"),
+        ]
+        .into_iter()
+        .map(|(k, r)| counted(m, k, r))
+        .sum()
+    }
+
+    /// EventBridge events as AWS documents them (EC2 spot and rebalance, AWS Health, EC2 state
+    /// change), as the rules Karpenter documents deliver them to SQS.
+    const SPOT: &str = r#"{"version":"0","id":"1e5527d7-bb36-4607-3370-4164db56a40e","detail-type":"EC2 Spot Instance Interruption Warning","source":"aws.ec2","account":"123456789012","time":"2026-12-04T12:00:00Z","region":"us-east-1","resources":["arn:aws:ec2:us-east-1a:instance/i-0spot0000000000001"],"detail":{"instance-id":"i-0spot0000000000001","instance-action":"terminate"}}"#;
+    const REBALANCE: &str = r#"{"version":"0","id":"2e5527d7-bb36-4607-3370-4164db56a40e","detail-type":"EC2 Instance Rebalance Recommendation","source":"aws.ec2","account":"123456789012","time":"2026-12-04T12:00:00Z","region":"us-east-1","resources":["arn:aws:ec2:us-east-1:123456789012:instance/i-0reb00000000000002"],"detail":{"instance-id":"i-0reb00000000000002"}}"#;
+    const SCHEDULED: &str = r#"{"version":"0","id":"3e5527d7-bb36-4607-3370-4164db56a40e","detail-type":"AWS Health Event","source":"aws.health","account":"123456789012","time":"2026-12-04T12:00:00Z","region":"us-east-1","resources":[],"detail":{"eventArn":"arn:aws:health:us-east-1::event/EC2/AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED/AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED_1","service":"EC2","eventTypeCode":"AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED","eventTypeCategory":"scheduledChange","startTime":"Fri, 04 Dec 2026 12:00:00 GMT","endTime":"Sat, 05 Dec 2026 12:00:00 GMT","eventDescription":[{"language":"en_US","latestDescription":"EC2 has detected degradation of the underlying hardware hosting your instance."}],"affectedEntities":[{"entityValue":"i-0sched000000000003"}]}}"#;
+    const STOPPING: &str = r#"{"version":"0","id":"4e5527d7-bb36-4607-3370-4164db56a40e","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2","account":"123456789012","time":"2026-12-04T12:00:00Z","region":"us-east-1","resources":["arn:aws:ec2:us-east-1:123456789012:instance/i-0stop00000000000004"],"detail":{"instance-id":"i-0stop00000000000004","state":"stopping"}}"#;
+    const RUNNING: &str = r#"{"version":"0","id":"5e5527d7-bb36-4607-3370-4164db56a40e","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2","account":"123456789012","time":"2026-12-04T12:00:00Z","region":"us-east-1","resources":["arn:aws:ec2:us-east-1:123456789012:instance/i-0run000000000000005"],"detail":{"instance-id":"i-0run000000000000005","state":"running"}}"#;
+    const OTHER: &str = r#"{"version":"0","id":"6e5527d7-bb36-4607-3370-4164db56a40e","detail-type":"AWS API Call via CloudTrail","source":"aws.ec2","detail":{}}"#;
+    const MALFORMED: &str = "{\"detail-type\": \"EC2 Spot Instance Interruption Warning\", trunc";
+
+    fn event(id: &str, kind: InterruptionKind) -> InterruptionEvent {
+        InterruptionEvent {
+            instance_id: id.to_string(),
+            kind,
+        }
+    }
+
+    /// Polls until `done` holds, waking on each receive; fails after 30 s.
+    async fn until(
+        source: &SqsInterruptions,
+        events: &mut Vec<InterruptionEvent>,
+        done: impl Fn(&[InterruptionEvent]) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            events.extend(source.poll().await);
+            if done(events) {
+                return;
+            }
+            tokio::time::timeout_at(deadline, source.received())
+                .await
+                .expect("the source never received what was sent");
+        }
+    }
+
+    #[tokio::test]
+    async fn sqs_source_delivers_the_four_notices_and_deletes_every_message() {
+        let Some(endpoint) = moto::url() else {
+            return;
+        };
+        let (q, url) = create(&endpoint, "gantry-interruptions-all").await;
+        for body in [
+            SPOT, REBALANCE, SCHEDULED, STOPPING, RUNNING, OTHER, MALFORMED,
+        ] {
+            send(&q, &url, body).await;
+        }
+        assert_eq!(depth(&q, &url).await, 7);
+        let metrics = Arc::new(Metrics::new());
+        let source = SqsInterruptions::start(q.clone(), metrics.clone()).unwrap();
+        let mut events = Vec::new();
+        let started = std::time::Instant::now();
+        until(&source, &mut events, |_| total(&metrics) == 7).await;
+        events.extend(source.poll().await);
+        let handed_over = started.elapsed();
+        events.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        assert_eq!(
+            events,
+            [
+                event(
+                    "i-0reb00000000000002",
+                    InterruptionKind::RebalanceRecommendation
+                ),
+                event("i-0sched000000000003", InterruptionKind::ScheduledChange),
+                event("i-0spot0000000000001", InterruptionKind::SpotInterruption),
+                event(
+                    "i-0stop00000000000004",
+                    InterruptionKind::StateChange("stopping".into())
+                ),
+            ],
+            "a state change to running and another detail type are not notices"
+        );
+        assert_eq!(counted(&metrics, "spot_interruption", "delivered"), 1);
+        assert_eq!(
+            counted(&metrics, "rebalance_recommendation", "delivered"),
+            1
+        );
+        assert_eq!(counted(&metrics, "scheduled_change", "delivered"), 1);
+        assert_eq!(counted(&metrics, "state_change", "delivered"), 1);
+        assert_eq!(counted(&metrics, "state_change", "ignored"), 1);
+        assert_eq!(counted(&metrics, "other", "ignored"), 1);
+        assert_eq!(counted(&metrics, "unknown", "malformed"), 1);
+        assert!(metrics.render().contains(
+            r#"gantry_interruption_messages_total{kind="unknown",result="malformed"} 1"#
+        ));
+
+        // Every message is deleted, the malformed and ignored ones too, so none comes back.
+        assert!(source.flush(Duration::from_secs(10)).await);
+        assert_eq!(depth(&q, &url).await, 0);
+        eprintln!("seven messages received, handed over and deleted in {handed_over:?}");
+        source.shutdown(Duration::from_secs(5)).await;
+        assert!(source.poll().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn sqs_notices_not_handed_over_come_back_for_the_next_reader() {
+        let Some(endpoint) = moto::url() else {
+            return;
+        };
+        let (q, url) = create(&endpoint, "gantry-interruptions-again").await;
+        send(&q, &url, SPOT).await;
+        let metrics = Arc::new(Metrics::new());
+        // The first reader receives the notice but stops (loses the lease) before polling.
+        let first = SqsInterruptions::start(q.clone(), metrics.clone()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), first.received())
+            .await
+            .unwrap();
+        first.shutdown(Duration::from_secs(5)).await;
+        drop(first);
+        assert_eq!(depth(&q, &url).await, 1, "received but not deleted");
+        // The next reader gets it again once the visibility timeout (1 s here) passes.
+        let second = SqsInterruptions::start(q.clone(), metrics.clone()).unwrap();
+        let mut events = Vec::new();
+        until(&second, &mut events, |e| !e.is_empty()).await;
+        assert_eq!(
+            events,
+            [event(
+                "i-0spot0000000000001",
+                InterruptionKind::SpotInterruption
+            )]
+        );
+        assert!(second.flush(Duration::from_secs(10)).await);
+        assert_eq!(depth(&q, &url).await, 0);
+        assert_eq!(counted(&metrics, "spot_interruption", "delivered"), 2);
+    }
+
+    #[tokio::test]
+    async fn sqs_missing_queue_is_a_configuration_error() {
+        let Some(endpoint) = moto::url() else {
+            return;
+        };
+        let missing = format!("{endpoint}/123456789012/gantry-no-such-queue");
+        let q = queue(&endpoint, QueueRef::Url(missing.clone()), "missing");
+        match q.receive(&missing, Duration::ZERO).await {
+            Err(CloudError::Config { reason }) => {
+                eprintln!("{reason}");
+                assert!(reason.contains("gantry-no-such-queue"), "{reason}");
+                assert!(reason.contains("--interruption-queue"), "{reason}");
+            }
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+        let by_name = queue(
+            &endpoint,
+            QueueRef::Name("gantry-no-such-queue".into()),
+            "missing-name",
+        );
+        assert!(
+            matches!(by_name.url().await, Err(CloudError::Config { .. })),
+            "GetQueueUrl for a missing name"
+        );
+        // Deleting with a receipt SQS does not know counts as already deleted.
+        let (q, url) = create(&endpoint, "gantry-interruptions-receipts").await;
+        assert_eq!(
+            q.delete(&url, &["not-a-receipt".to_string()])
+                .await
+                .unwrap(),
+            1
+        );
+    }
 }

@@ -508,11 +508,18 @@ mod tests {
         expected.insert("ec2:RunInstances".to_string());
         expected.insert("ec2:CreateTags".to_string());
         expected.insert("iam:PassRole".to_string());
+        expected.extend(
+            crate::disruption::sqs::API_ACTIONS
+                .iter()
+                .map(|a| format!("sqs:{a}")),
+        );
         assert_eq!(granted, expected);
-        // Mutating actions carry tag conditions.
+        // Mutating actions carry tag conditions; the queue's statement is scoped to its ARN.
         for st in policy["Statement"].as_array().unwrap() {
             let sid = st["Sid"].as_str().unwrap();
-            if sid != "GantryLaunchFromSharedResources" {
+            if sid == "GantryInterruptionQueue" {
+                assert!(st["Resource"].as_str().unwrap().contains(":sqs:"), "{sid}");
+            } else if sid != "GantryLaunchFromSharedResources" {
                 assert!(st.get("Condition").is_some(), "{sid} has no condition");
             }
         }

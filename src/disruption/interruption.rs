@@ -1,9 +1,9 @@
 //! Cloud notices that a node is going away (or should): spot interruption warnings, rebalance
 //! recommendations, scheduled maintenance and instance state changes.
 //!
-//! Sources implement [`InterruptionSource`]; [`SimInterruptions`] is the simulated one. An SQS
-//! source would read EventBridge messages and hand each body to [`parse_eventbridge`] (the
-//! `aws-sdk-sqs` crate is not a dependency yet, so there is no SQS source in this tree).
+//! Sources implement [`InterruptionSource`]; [`SimInterruptions`] is the simulated one and
+//! `super::sqs::SqsInterruptions` reads the EventBridge messages AWS delivers to an SQS queue,
+//! each body through [`read_eventbridge`].
 
 use std::sync::Mutex;
 
@@ -34,6 +34,22 @@ impl InterruptionKind {
                     "stopping" | "stopped" | "shutting-down" | "terminated"
                 )
             }
+        }
+    }
+
+    /// Whether the controller should act on it at all: a state change to `pending` or `running`
+    /// is news of a node arriving, not leaving, and must not start a replacement.
+    pub fn actionable(&self) -> bool {
+        self.urgent() || *self == InterruptionKind::RebalanceRecommendation
+    }
+
+    /// A stable name for logs and metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            InterruptionKind::SpotInterruption => "spot_interruption",
+            InterruptionKind::RebalanceRecommendation => "rebalance_recommendation",
+            InterruptionKind::ScheduledChange => "scheduled_change",
+            InterruptionKind::StateChange(_) => "state_change",
         }
     }
 }
@@ -84,42 +100,88 @@ impl InterruptionSource for SimInterruptions {
     }
 }
 
-/// Parses one EventBridge message body (as delivered to SQS) into notices; unknown kinds yield
-/// none.
-pub fn parse_eventbridge(body: &str) -> Vec<InterruptionEvent> {
+/// What one EventBridge message turned out to be, so a queue reader can count and log each
+/// message and still delete every one of them (a message left in the queue comes back forever).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBridgeMessage {
+    /// One of the four detail types Gantry handles, naming one or more instances.
+    Notices(Vec<InterruptionEvent>),
+    /// A well-formed event Gantry does not act on: another detail type, or an AWS Health event
+    /// for another service or naming no instance.
+    Ignored {
+        /// The event's `detail-type`.
+        detail_type: String,
+    },
+    /// Not an EventBridge event (not JSON, no `detail-type`), or a handled type lacking the
+    /// instance it is about.
+    Malformed {
+        /// What is wrong, for the log.
+        reason: &'static str,
+    },
+}
+
+/// Reads one EventBridge message body (as delivered to SQS), for the four detail types
+/// Karpenter handles.
+pub fn read_eventbridge(body: &str) -> EventBridgeMessage {
     let Ok(v) = serde_json::from_str::<Value>(body) else {
-        return Vec::new();
+        return EventBridgeMessage::Malformed { reason: "not JSON" };
+    };
+    let Some(detail_type) = v["detail-type"].as_str() else {
+        return EventBridgeMessage::Malformed {
+            reason: "no detail-type",
+        };
     };
     let detail = &v["detail"];
-    let one = |kind| {
-        detail["instance-id"]
-            .as_str()
-            .map(|id| InterruptionEvent {
-                instance_id: id.to_string(),
-                kind,
-            })
-            .into_iter()
-            .collect()
+    let one = |kind| match detail["instance-id"].as_str() {
+        Some(id) if !id.is_empty() => EventBridgeMessage::Notices(vec![InterruptionEvent {
+            instance_id: id.to_string(),
+            kind,
+        }]),
+        _ => EventBridgeMessage::Malformed {
+            reason: "no detail.instance-id",
+        },
     };
-    match v["detail-type"].as_str().unwrap_or_default() {
+    match detail_type {
         "EC2 Spot Instance Interruption Warning" => one(InterruptionKind::SpotInterruption),
         "EC2 Instance Rebalance Recommendation" => one(InterruptionKind::RebalanceRecommendation),
-        "EC2 Instance State-change Notification" => one(InterruptionKind::StateChange(
-            detail["state"].as_str().unwrap_or_default().to_string(),
-        )),
+        "EC2 Instance State-change Notification" => match detail["state"].as_str() {
+            Some(state) => one(InterruptionKind::StateChange(state.to_string())),
+            None => EventBridgeMessage::Malformed {
+                reason: "no detail.state",
+            },
+        },
         "AWS Health Event" if detail["service"].as_str() == Some("EC2") => {
-            detail["affectedEntities"]
+            let events: Vec<InterruptionEvent> = detail["affectedEntities"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|e| e["entityValue"].as_str())
+                .filter(|id| id.starts_with("i-"))
                 .map(|id| InterruptionEvent {
                     instance_id: id.to_string(),
                     kind: InterruptionKind::ScheduledChange,
                 })
-                .collect()
+                .collect();
+            if events.is_empty() {
+                EventBridgeMessage::Ignored {
+                    detail_type: detail_type.to_string(),
+                }
+            } else {
+                EventBridgeMessage::Notices(events)
+            }
         }
-        _ => Vec::new(),
+        other => EventBridgeMessage::Ignored {
+            detail_type: other.to_string(),
+        },
+    }
+}
+
+/// Parses one EventBridge message body (as delivered to SQS) into notices; unknown kinds and
+/// malformed bodies yield none (see [`read_eventbridge`] to tell them apart).
+pub fn parse_eventbridge(body: &str) -> Vec<InterruptionEvent> {
+    match read_eventbridge(body) {
+        EventBridgeMessage::Notices(events) => events,
+        EventBridgeMessage::Ignored { .. } | EventBridgeMessage::Malformed { .. } => Vec::new(),
     }
 }
 
@@ -152,6 +214,51 @@ mod tests {
             "detail":{"instance-id":"i-5"}}"#;
         assert!(!parse_eventbridge(rebalance)[0].kind.urgent());
         assert!(parse_eventbridge("not json").is_empty());
+    }
+
+    #[test]
+    fn messages_are_told_apart() {
+        assert!(matches!(
+            read_eventbridge("{"),
+            EventBridgeMessage::Malformed { .. }
+        ));
+        assert!(matches!(
+            read_eventbridge(r#"{"detail":{}}"#),
+            EventBridgeMessage::Malformed { .. }
+        ));
+        assert!(matches!(
+            read_eventbridge(
+                r#"{"detail-type":"EC2 Spot Instance Interruption Warning","detail":{}}"#
+            ),
+            EventBridgeMessage::Malformed { .. }
+        ));
+        assert_eq!(
+            read_eventbridge(r#"{"detail-type":"AWS API Call via CloudTrail","detail":{}}"#),
+            EventBridgeMessage::Ignored {
+                detail_type: "AWS API Call via CloudTrail".into()
+            }
+        );
+        assert!(matches!(
+            read_eventbridge(
+                r#"{"detail-type":"AWS Health Event","detail":{"service":"RDS","affectedEntities":[{"entityValue":"i-1"}]}}"#
+            ),
+            EventBridgeMessage::Ignored { .. }
+        ));
+    }
+
+    #[test]
+    fn only_departures_and_rebalances_are_actionable() {
+        for (kind, actionable) in [
+            (InterruptionKind::SpotInterruption, true),
+            (InterruptionKind::RebalanceRecommendation, true),
+            (InterruptionKind::ScheduledChange, true),
+            (InterruptionKind::StateChange("stopping".into()), true),
+            (InterruptionKind::StateChange("terminated".into()), true),
+            (InterruptionKind::StateChange("pending".into()), false),
+            (InterruptionKind::StateChange("running".into()), false),
+        ] {
+            assert_eq!(kind.actionable(), actionable, "{kind:?}");
+        }
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! The loops `serve` runs as Lease holder: the provisioner and the lifecycle controller, against
-//! the API server (`KubeCluster`) and EC2 (`Ec2Provider`). The same loops run in `gantry demo`.
+//! The loops `serve` runs as Lease holder: the provisioner, the disruption controller (with the
+//! SQS interruption source when a queue is configured) and the lifecycle controller, against the
+//! API server (`KubeCluster`) and EC2 (`Ec2Provider`). The same loops run in `gantry demo`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,11 +13,16 @@ use tracing::{Instrument, info, info_span, warn};
 use super::AppState;
 use crate::cloud::CloudProvider;
 use crate::cloud::ec2::{Ec2Config, Ec2Provider};
+use crate::disruption::sqs::{SqsConfig, SqsInterruptions, SqsQueue};
+use crate::disruption::{Disruption, DisruptionConfig};
 use crate::kube::api::ClusterApi;
 use crate::kube::cluster::KubeCluster;
 use crate::lifecycle::{Lifecycle, LifecycleConfig};
 use crate::provision::launch::InFlight;
 use crate::provision::{Provisioner, ProvisionerConfig};
+
+/// How long a stopping interruption source gets to delete the messages it handed over.
+const SOURCE_SHUTDOWN: Duration = Duration::from_secs(5);
 
 /// Settings for the loops.
 #[derive(Debug, Clone)]
@@ -27,6 +33,10 @@ pub struct ControllersConfig {
     pub provisioner: ProvisionerConfig,
     /// Lifecycle settings (timeouts, GC).
     pub lifecycle: LifecycleConfig,
+    /// Disruption settings; `None` runs no disruption controller (`--disable-disruption`).
+    pub disruption: Option<DisruptionConfig>,
+    /// The SQS interruption queue; `None` runs disruption without an interruption source.
+    pub interruption: Option<SqsConfig>,
     /// Namespace of the leader-election Lease.
     pub lease_namespace: String,
     /// Name of the Lease.
@@ -113,7 +123,12 @@ pub async fn run(
                 r = leading.changed() => if r.is_err() { return; },
             }
         }
-        info!(identity = %config.identity, "leading: starting provisioner and lifecycle loops");
+        info!(
+            identity = %config.identity,
+            disruption = config.disruption.is_some(),
+            interruption_queue = config.interruption.is_some(),
+            "leading: starting the loops"
+        );
         let inflight = InFlight::default();
         let mut provisioner = Provisioner::new(
             cluster.clone(),
@@ -123,6 +138,35 @@ pub async fn run(
             inflight.clone(),
             config.provisioner,
         );
+        // Only the leader reads the queue: a source built per term, and stopped with it.
+        let interruptions = match (&config.disruption, &config.interruption) {
+            (Some(_), Some(sqs)) => {
+                match SqsInterruptions::start(
+                    SqsQueue::connect(sqs.clone()).await,
+                    app.metrics.clone(),
+                ) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "no interruption source this term");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut disruption = config.disruption.map(|c| {
+            let d = Disruption::new(
+                cluster.clone(),
+                cloud.clone(),
+                app.cluster.clone(),
+                inflight.clone(),
+                c,
+            );
+            match &interruptions {
+                Some(source) => d.with_interruptions(source.clone()),
+                None => d,
+            }
+        });
         let mut lifecycle = Lifecycle::new(
             cluster.clone(),
             cloud.clone(),
@@ -133,7 +177,13 @@ pub async fn run(
         let mut ticker = tokio::time::interval(config.period);
         while *leading.borrow() {
             tokio::select! {
-                () = cancel.clone().cancelled_owned() => { let _ = election.await; return; }
+                () = cancel.clone().cancelled_owned() => {
+                    if let Some(s) = &interruptions {
+                        s.shutdown(SOURCE_SHUTDOWN).await;
+                    }
+                    let _ = election.await;
+                    return;
+                }
                 _ = ticker.tick() => {}
             }
             let now = jiff::Timestamp::now();
@@ -141,10 +191,19 @@ pub async fn run(
                 .tick(now)
                 .instrument(info_span!("provision"))
                 .await;
+            if let Some(d) = disruption.as_mut() {
+                // Decisions are logged where they are made; evicted pods return through their
+                // controllers (ReplicaSets), unlike the demo's bare pods.
+                d.tick(now).instrument(info_span!("disruption")).await;
+                drop(d.take_evicted());
+            }
             lifecycle
                 .tick(now)
                 .instrument(info_span!("lifecycle"))
                 .await;
+        }
+        if let Some(s) = &interruptions {
+            s.shutdown(SOURCE_SHUTDOWN).await;
         }
         info!("lost the lease: loops stopped");
     }

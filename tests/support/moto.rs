@@ -1,4 +1,4 @@
-//! Starts one moto EC2 server per test binary, on a loopback port bound here and handed to it.
+//! Starts one moto server (EC2 and SQS) per test binary, on a loopback port bound here and handed to it.
 //!
 //! The listening socket is bound by this process (port 0) and passed to moto as its stdin; werkzeug
 //! serves an inherited socket when `WERKZEUG_RUN_MAIN=true` and `WERKZEUG_SERVER_FD` name it. No

@@ -87,9 +87,19 @@ pub struct Classified {
     pub message: String,
 }
 
-/// Classifies any SDK error: service errors by code, HTTP 5xx without a code and transport
+/// Classifies any EC2 SDK error: service errors by code, HTTP 5xx without a code and transport
 /// failures (timeouts, connection resets) as transient.
 pub fn classify<E, R>(err: &SdkError<E, R>) -> Classified
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    classify_with(err, classify_code)
+}
+
+/// Classifies an error of any AWS SDK (they share `SdkError`) with that service's code table,
+/// so SQS errors fall into the same classes as EC2's.
+pub fn classify_with<E, R>(err: &SdkError<E, R>, code_class: fn(&str) -> ErrorClass) -> Classified
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -98,7 +108,7 @@ where
     match err {
         SdkError::ServiceError(_) => match err.code() {
             Some(code) => Classified {
-                class: classify_code(code),
+                class: code_class(code),
                 code: Some(code.to_string()),
                 message: err.message().map_or(message, ToString::to_string),
             },
