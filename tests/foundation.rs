@@ -102,7 +102,7 @@ fn golden_filter_nodenames() {
         uid: args.pod.metadata.uid.clone().unwrap(),
         ..Default::default()
     };
-    let (reply, passed) = decide_filter(&app.cluster.load(), &facts, &args.candidates);
+    let (reply, passed) = decide_filter(&app.cluster.load(), &facts, args.candidates.clone());
     let v = serde_json::to_value(&reply).unwrap();
     assert_eq!(
         keys(&v),
@@ -138,8 +138,11 @@ fn golden_filter_full_nodes() {
         json!([{"key": TAINT_DISRUPTED, "value": "true", "effect": "NoSchedule"}]);
     let originals: Vec<Value> = items.clone();
     let args = parse_args(&serde_json::to_vec(&raw).unwrap()).unwrap();
-    let (reply, passed) =
-        decide_filter(&app.cluster.load(), &PodFacts::default(), &args.candidates);
+    let (reply, passed) = decide_filter(
+        &app.cluster.load(),
+        &PodFacts::default(),
+        args.candidates.clone(),
+    );
     let v = serde_json::to_value(&reply).unwrap();
     assert_eq!(
         keys(&v),
@@ -166,7 +169,7 @@ fn golden_prioritize_both_modes() {
     for f in ["002-prioritize-nodes.json", "004-prioritize-nodenames.json"] {
         let args = parse_args(&capture(f)).unwrap();
         let facts = PodFacts::default();
-        let scores = decide_prioritize(&app.cluster.load(), &facts, &args.candidates);
+        let scores = decide_prioritize(&app.cluster.load(), &facts, args.candidates.clone());
         let v = serde_json::to_value(&scores).unwrap();
         let arr = v.as_array().unwrap();
         assert_eq!(arr.len(), 2, "{f}");

@@ -38,14 +38,22 @@ pub fn filter_node(pod: &PodFacts, node: &NodeView) -> Option<&'static str> {
     if node.deleting {
         return Some(reasons::DELETING);
     }
-    if node.has_taint(TAINT_DISRUPTED) {
-        return Some(reasons::DISRUPTED);
+    // One pass over the taints (this runs for every candidate of every call); the most
+    // telling reason wins when several gating taints are present.
+    let mut gate: Option<(u8, &'static str)> = None;
+    for t in &node.taints {
+        let hit = match t.key.as_str() {
+            TAINT_DISRUPTED => (0, reasons::DISRUPTED),
+            TAINT_UNREGISTERED => (1, reasons::UNREGISTERED),
+            TAINT_INITIALIZING => (2, reasons::INITIALIZING),
+            _ => continue,
+        };
+        if gate.is_none_or(|g| hit.0 < g.0) {
+            gate = Some(hit);
+        }
     }
-    if node.has_taint(TAINT_UNREGISTERED) {
-        return Some(reasons::UNREGISTERED);
-    }
-    if node.has_taint(TAINT_INITIALIZING) {
-        return Some(reasons::INITIALIZING);
+    if let Some((_, reason)) = gate {
+        return Some(reason);
     }
     if !node.reserved_pods.is_empty() && !node.reserved_pods.contains(&pod.uid) {
         let held = node.requested.plus(&node.reserved);

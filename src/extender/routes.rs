@@ -131,7 +131,7 @@ async fn filter(State(state): State<ExtenderState>, body: Body) -> Response {
     let span = Span::current();
     span.record("pod.uid", facts.uid.as_str());
     span.record("nodes", args.candidates.len());
-    let (reply, passed) = decide_filter(&snapshot, &facts, &args.candidates);
+    let (reply, passed) = decide_filter(&snapshot, &facts, args.candidates);
     span.record("passed", passed);
     if passed == 0 {
         record_demand(&state, &args.pod, &reply);
@@ -148,18 +148,19 @@ async fn filter(State(state): State<ExtenderState>, body: Body) -> Response {
 pub fn decide_filter(
     snapshot: &ClusterSnapshot,
     pod: &PodFacts,
-    candidates: &Candidates,
+    candidates: Candidates,
 ) -> (ExtenderFilterResult, usize) {
     let mut failed = BTreeMap::new();
     match candidates {
         Candidates::Names(names) => {
+            // The names are moved into the reply, not copied: the request owns them already.
             let mut passed = Vec::with_capacity(names.len());
             for name in names {
-                match snapshot.node(name).and_then(|n| filter_node(pod, n)) {
+                match snapshot.node(&name).and_then(|n| filter_node(pod, n)) {
                     Some(reason) => {
-                        failed.insert(name.clone(), reason.to_string());
+                        failed.insert(name, reason.to_string());
                     }
-                    None => passed.push(name.clone()),
+                    None => passed.push(name),
                 }
             }
             let n = passed.len();
@@ -172,19 +173,18 @@ pub fn decide_filter(
             };
             (reply, n)
         }
-        Candidates::Objects { list, items } => {
+        Candidates::Objects { mut list, items } => {
             let mut passed = Vec::with_capacity(items.len());
             for item in items {
-                let view = object_view(snapshot, item);
+                let view = object_view(snapshot, &item);
                 match filter_node(pod, &view) {
                     Some(reason) => {
                         failed.insert(view.name, reason.to_string());
                     }
-                    None => passed.push(item.clone()),
+                    None => passed.push(item),
                 }
             }
             let n = passed.len();
-            let mut list = list.clone();
             list.insert("items".into(), Value::Array(passed));
             let reply = ExtenderFilterResult {
                 nodes: Some(Value::Object(list)),
@@ -270,7 +270,7 @@ async fn prioritize(State(state): State<ExtenderState>, body: Body) -> Response 
     let span = Span::current();
     span.record("pod.uid", facts.uid.as_str());
     span.record("nodes", args.candidates.len());
-    let scores = decide_prioritize(&snapshot, &facts, &args.candidates);
+    let scores = decide_prioritize(&snapshot, &facts, args.candidates);
     state
         .metrics
         .observe("prioritize", "ok", start.elapsed().as_secs_f64());
@@ -281,14 +281,14 @@ async fn prioritize(State(state): State<ExtenderState>, body: Body) -> Response 
 pub fn decide_prioritize(
     snapshot: &ClusterSnapshot,
     pod: &PodFacts,
-    candidates: &Candidates,
+    candidates: Candidates,
 ) -> Vec<HostPriority> {
     match candidates {
         Candidates::Names(names) => names
-            .iter()
+            .into_iter()
             .map(|name| HostPriority {
-                host: name.clone(),
-                score: score_node(pod, snapshot.node(name)),
+                score: score_node(pod, snapshot.node(&name)),
+                host: name,
             })
             .collect(),
         Candidates::Objects { items, .. } => items
