@@ -6,8 +6,17 @@
 //! prints requests/s, latency percentiles and errors. The request loop is bounded in time and stops
 //! by itself.
 //!
+//! Two modes:
+//! - closed loop (default): each connection sends its next request as soon as the previous reply
+//!   arrives, which measures the saturation throughput; latency then is mostly queueing
+//!   (Little's law: 16 busy connections at R requests/s wait 16/R s on average);
+//! - open loop (`--rate R`): the connections together send R requests/s on a fixed schedule, and
+//!   each latency is measured from the request's *scheduled* send time, so a stall is charged to
+//!   every request it delays (no coordinated omission, as in wrk2). This is how kube-scheduler's
+//!   load arrives: pods come at a rate, not when the extender is free.
+//!
 //! ```sh
-//! cargo run --release --example loadgen -- [--connections 16] [--seconds 30] [--names 500] [--h2]
+//! cargo run --release --example loadgen -- [--connections 16] [--seconds 30] [--names 500] [--h2] [--rate 5000]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a load tool: a panic is a failed run
 
@@ -28,6 +37,8 @@ struct Args {
     seconds: u64,
     names: usize,
     h2: bool,
+    /// Requests per second over all connections; 0 = closed loop.
+    rate: u64,
 }
 
 fn args() -> Args {
@@ -36,6 +47,7 @@ fn args() -> Args {
         seconds: 30,
         names: 500,
         h2: false,
+        rate: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,6 +61,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = num().min(600),
             "--names" => a.names = num() as usize,
             "--h2" => a.h2 = true,
+            "--rate" => a.rate = num(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -98,6 +111,9 @@ async fn main() {
     let cfg = Arc::new(tls_config(set.ca_cert.as_bytes(), None, alpn).unwrap());
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
+    // Open loop: connection w sends at started + offset_w + k × period.
+    let period = (args.rate > 0)
+        .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
     let mut workers = Vec::new();
     for w in 0..args.connections {
         let (cfg, bodies) = (cfg.clone(), bodies.clone());
@@ -108,11 +124,24 @@ async fn main() {
             let mut lat = Vec::with_capacity(200_000);
             let mut errors = 0u64;
             let mut i = w;
+            let mut k = 0u32;
             while Instant::now() < deadline {
                 let body = bodies[i % bodies.len()].clone();
                 let verb = if i % 2 == 0 { "filter" } else { "prioritize" };
                 i += 1;
-                let t = Instant::now();
+                let t = match period {
+                    Some(p) => {
+                        let offset = p.mul_f64(w as f64 / args.connections as f64);
+                        let at = started + offset + p * k;
+                        k += 1;
+                        if at >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
                 match client.post(verb, body).await {
                     Ok((s, b)) if s.is_success() && !b.is_empty() => {
                         if verb == "filter" && !b.starts_with(b"{\"Nodes\":null,\"NodeNames\":[") {
@@ -139,11 +168,16 @@ async fn main() {
     all.sort_by(f64::total_cmp);
     let at = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize];
     println!(
-        "connections={} protocol={} names/request={} duration={:.1}s",
+        "connections={} protocol={} names/request={} duration={:.1}s mode={}",
         args.connections,
         if args.h2 { "h2" } else { "http/1.1" },
         args.names,
-        elapsed
+        elapsed,
+        if args.rate > 0 {
+            format!("open loop at {} rps", args.rate)
+        } else {
+            "closed loop".to_string()
+        }
     );
     println!(
         "requests={} rps={:.0} p50={:.3}ms p99={:.3}ms max={:.3}ms errors={}",
