@@ -1228,6 +1228,61 @@ spec:
         }
     }
 
+    #[tokio::test]
+    async fn demo_setup_is_idempotent_and_terminates_leftovers() {
+        use gantry::cloud::CloudProvider as _;
+        use gantry::sim::ec2::{DemoEc2Settings, MOTO_AL2023_IMAGES, connect, prepare};
+        let Some(url) = moto::url() else { return };
+        let name = "demosetup";
+        let proxy = Proxy::start(&url).await;
+        let ec2 = connect(&DemoEc2Settings {
+            endpoint: Some(proxy.url.clone()),
+            region: "us-east-1".to_string(),
+            cluster_name: name.to_string(),
+            cluster_ca_pem: "-----BEGIN CERTIFICATE-----".to_string(),
+        })
+        .unwrap();
+        let s = scenario::parse(&scenario_yaml(name)).unwrap();
+        let zones: BTreeSet<String> = super::ZONES.iter().map(|z| z.to_string()).collect();
+        let (classes, first) = prepare(&ec2, &s.nodeclasses, &zones).await.unwrap();
+        assert_eq!(first.vpcs.len(), 1);
+        assert_eq!(first.subnets.len(), 3);
+        assert_eq!(first.security_groups.len(), 1);
+        assert_eq!(first.aliases_mapped, 1);
+        assert_eq!(
+            classes[0].spec.ami_selector_terms[0].name.as_deref(),
+            Some(MOTO_AL2023_IMAGES)
+        );
+        // What was created is what the NodeClass selects: it resolves to a subnet per zone,
+        // the group, and an AMI for each architecture.
+        let r = ec2.resolve_node_class(&classes[0]).await.unwrap();
+        assert_eq!(r.subnet_per_zone().len(), 3);
+        assert_eq!(r.security_groups[0].id, first.security_groups[0]);
+        assert_eq!(r.amis.len(), 2, "{:?}", r.amis);
+
+        // A second run creates nothing, and terminates what an earlier run left alive.
+        let leftover = ec2
+            .create(
+                &super::claim("left-over", &["m5.large"], &["on-demand"]),
+                &classes[0],
+            )
+            .await
+            .unwrap();
+        let (_, second) = prepare(&ec2, &s.nodeclasses, &zones).await.unwrap();
+        assert!(
+            second.vpcs.is_empty()
+                && second.subnets.is_empty()
+                && second.security_groups.is_empty(),
+            "{second:?}"
+        );
+        assert_eq!(second.leftovers_terminated, 1);
+        assert!(ec2.list().await.unwrap().is_empty());
+        assert!(matches!(
+            ec2.get(&leftover.provider_id).await,
+            Err(gantry::cloud::CloudError::NotFound(_))
+        ));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn full_loop_binds_every_pod_on_moto_without_leaks() {
         let Some(url) = moto::url() else { return };
