@@ -168,6 +168,9 @@ pub enum DemoError {
     /// Setting up the in-process server.
     #[error("cannot start the in-process extender: {0}")]
     Setup(String),
+    /// Setting up the cloud (`--cloud ec2`: the endpoint, its catalog, the NodeClass resources).
+    #[error("cannot set up the cloud: {0}")]
+    Cloud(String),
     /// Writing the report.
     #[error("cannot write the report")]
     Write(#[from] std::io::Error),
@@ -548,7 +551,7 @@ async fn ec2_cloud(
     args: &DemoArgs,
     ca_pem: &str,
 ) -> Result<(Arc<dyn CloudProvider>, Arc<Catalog>, Vec<EC2NodeClass>), DemoError> {
-    let setup = |e: String| DemoError::Setup(e);
+    let setup = |e: String| DemoError::Cloud(e);
     let settings = crate::sim::ec2::DemoEc2Settings {
         endpoint: args.ec2.ec2_endpoint.clone(),
         region: args.ec2.region.clone(),
