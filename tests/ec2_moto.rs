@@ -1131,6 +1131,13 @@ spec:
         assert_eq!(report.leaked_instances, 0, "{report:?}");
         assert_eq!(report.pods_bound_to_gated_nodes, 0, "{report:?}");
         assert!(report.nodes > 0 && report.cost_per_hour > 0.0, "{report:?}");
+        // Nodes are priced from the embedded table, not moto's fake spot prices: the cost cannot
+        // fall below the LP lower bound (it did when moto's 0.00001 spot price leaked through).
+        assert!(
+            report.cost_per_hour >= report.lower_bound_per_hour * 0.99
+                && report.cost_per_hour <= report.lower_bound_per_hour * 2.0,
+            "{report:?}"
+        );
         assert!(
             report
                 .nodes_by_type

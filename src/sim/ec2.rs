@@ -90,7 +90,15 @@ impl CloudProvider for DemoEc2Cloud {
         claim: &NodeClaim,
         node_class: &EC2NodeClass,
     ) -> Result<Instance, CloudError> {
-        self.inner.create(claim, node_class).await
+        // The provider prices the instance from its own catalog, i.e. moto's fake spot price.
+        let mut inst = self.inner.create(claim, node_class).await?;
+        inst.price = embedded_price(
+            &self.embedded,
+            &inst.instance_type,
+            &inst.zone,
+            inst.capacity_type,
+        );
+        Ok(inst)
     }
 
     async fn delete(&self, provider_id: &str) -> Result<(), CloudError> {
@@ -111,6 +119,28 @@ impl CloudProvider for DemoEc2Cloud {
     }
 }
 
+/// The embedded price of an offering: the table's on-demand price, or its spot price in that
+/// zone (the spot price model for a zone it does not list); `None` for a type it does not know.
+pub fn embedded_price(
+    embedded: &Catalog,
+    instance_type: &str,
+    zone: &str,
+    capacity_type: CapacityType,
+) -> Option<f64> {
+    let e = embedded.get(instance_type)?;
+    Some(match capacity_type {
+        CapacityType::OnDemand => e.on_demand_price,
+        CapacityType::Spot => e
+            .offerings
+            .iter()
+            .find(|x| x.zone == zone && x.capacity_type == CapacityType::Spot)
+            .map_or_else(
+                || spot_price_model(&e.name, e.gpus, zone, e.on_demand_price),
+                |x| x.price,
+            ),
+    })
+}
+
 /// What EC2 sells (`sold`: types, zones, capacity types, availability including back-off),
 /// with instance facts and prices from `embedded`.
 ///
@@ -126,20 +156,10 @@ pub fn priced_from(embedded: &Catalog, sold: &Catalog) -> Catalog {
         t.offerings = s
             .offerings
             .iter()
-            .map(|o| {
+            .filter_map(|o| {
                 let mut o = o.clone();
-                o.price = match o.capacity_type {
-                    CapacityType::OnDemand => e.on_demand_price,
-                    CapacityType::Spot => e
-                        .offerings
-                        .iter()
-                        .find(|x| x.zone == o.zone && x.capacity_type == CapacityType::Spot)
-                        .map_or_else(
-                            || spot_price_model(&e.name, e.gpus, &o.zone, e.on_demand_price),
-                            |x| x.price,
-                        ),
-                };
-                o
+                o.price = embedded_price(embedded, &s.name, &o.zone, o.capacity_type)?;
+                Some(o)
             })
             .collect();
         if !t.offerings.is_empty() {
@@ -529,6 +549,14 @@ mod tests {
         assert_eq!(
             t.offerings[2].price,
             spot_price_model("m5.large", 0, "eu-west-1a", m5.on_demand_price)
+        );
+        assert_eq!(
+            embedded_price(&embedded, "m5.large", "us-east-1a", CapacityType::Spot),
+            Some(spot_a.price)
+        );
+        assert_eq!(
+            embedded_price(&embedded, "zz9.plural", "us-east-1a", CapacityType::Spot),
+            None
         );
         assert_eq!(
             zones_of(&c),
