@@ -40,7 +40,7 @@ use crate::sim::scheduler::{SchedulerConfig, SchedulerStandIn};
 pub enum DemoCloud {
     /// The in-process simulated cloud (the embedded us-east-1 catalog).
     Sim,
-    /// The real EC2 provider against `--ec2-endpoint` (moto); see `sim::ec2`.
+    /// The real EC2 provider (aws-sdk-ec2) against `--ec2-endpoint`, e.g. moto.
     Ec2,
 }
 
