@@ -273,7 +273,7 @@ pub struct Simulation {
     app: AppState,
     /// The simulated cluster.
     pub cluster: Arc<SimCluster>,
-    /// The simulated cloud (also reachable through `cloud`, possibly wrapped).
+    /// The simulated cloud (also reachable through `cloud`, possibly wrapped; idle with `--cloud ec2`).
     pub sim_cloud: Arc<SimCloud>,
     /// The cloud the controllers use.
     pub cloud: Arc<dyn CloudProvider>,
