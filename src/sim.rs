@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod ec2;
 pub mod kubelet;
 pub mod scenario;
 pub mod scheduler;

@@ -1165,3 +1165,453 @@ mod sqs {
         );
     }
 }
+
+// =================================================================================================
+// Full-loop simulations against moto (`gantry demo --cloud ec2`).
+//
+// The provisioner, lifecycle controller, fake kubelet and leak check of `Simulation` all use the
+// real EC2 provider over HTTP (through the proxy, which logs and injects faults), with the
+// scheduler stand-in calling the real HTTPS extender. The demo's own set-up creates the VPC,
+// subnets and security group the scenario's NodeClass selects, and maps its AMI alias to moto's
+// AL2023 images. moto's instance list is cross-checked independently of the provider.
+// =================================================================================================
+mod full_loop {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::{Duration, Instant};
+
+    use aws_sdk_ec2::types::Filter;
+    use gantry::cloud::command::Ec2EndpointArgs;
+    use gantry::kube::crd::NodeClaim;
+    use gantry::model::labels::NODECLAIM;
+    use gantry::sim::demo::{DemoArgs, DemoCloud, DemoReport, Simulation};
+    use gantry::sim::scenario;
+
+    use super::moto;
+    use super::proxy::{Fault, Proxy};
+
+    /// About 110 pods over a general pool (spot and on-demand, both architectures) and a tainted
+    /// on-demand GPU pool; the NodeClass selects by the test's own discovery tag.
+    fn scenario_yaml(name: &str) -> String {
+        format!(
+            r#"
+apiVersion: gantry.dev/v1
+kind: EC2NodeClass
+metadata: {{name: {name}}}
+spec:
+  subnetSelectorTerms: [{{tags: {{karpenter.sh/discovery: {name}}}}}]
+  securityGroupSelectorTerms: [{{tags: {{karpenter.sh/discovery: {name}}}}}]
+  amiSelectorTerms: [{{alias: al2023@latest}}]
+  instanceProfile: demo-node
+---
+apiVersion: gantry.dev/v1
+kind: NodePool
+metadata: {{name: general}}
+spec:
+  weight: 50
+  template:
+    spec:
+      nodeClassRef: {{group: gantry.dev, kind: EC2NodeClass, name: {name}}}
+      requirements:
+        - {{key: gantry.dev/capacity-type, operator: In, values: [spot, on-demand]}}
+        - {{key: kubernetes.io/arch, operator: In, values: [amd64, arm64]}}
+        - {{key: gantry.dev/instance-gpu-count, operator: In, values: ["0"]}}
+---
+apiVersion: gantry.dev/v1
+kind: NodePool
+metadata: {{name: gpu}}
+spec:
+  weight: 10
+  template:
+    spec:
+      nodeClassRef: {{group: gantry.dev, kind: EC2NodeClass, name: {name}}}
+      requirements:
+        - {{key: gantry.dev/capacity-type, operator: In, values: [on-demand]}}
+        - {{key: gantry.dev/instance-gpu-count, operator: Gt, values: ["0"]}}
+        - {{key: kubernetes.io/arch, operator: In, values: [amd64]}}
+      taints: [{{key: nvidia.com/gpu, value: "true", effect: NoSchedule}}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent, namespace: kube-system}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      tolerations: [{{operator: Exists}}]
+      containers: [{{name: a, image: a, resources: {{requests: {{cpu: 50m, memory: 64Mi}}}}}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: shop}}
+spec:
+  replicas: 60
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers: [{{name: web, image: web, resources: {{requests: {{cpu: 250m, memory: 512Mi}}}}}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: api, namespace: shop}}
+spec:
+  replicas: 30
+  template:
+    metadata: {{labels: {{app: api}}}}
+    spec:
+      topologySpreadConstraints:
+        - {{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: api}}}}}}
+      containers: [{{name: api, image: api, resources: {{requests: {{cpu: 500m, memory: 1Gi}}}}}}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: crunch, namespace: batch}}
+spec:
+  parallelism: 16
+  template:
+    spec:
+      containers: [{{name: c, image: c, resources: {{requests: {{cpu: "2", memory: 4Gi}}}}}}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: train, namespace: ml}}
+spec:
+  parallelism: 4
+  template:
+    spec:
+      tolerations: [{{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}]
+      containers: [{{name: t, image: t, resources: {{requests: {{cpu: "2", memory: 8Gi}}, limits: {{nvidia.com/gpu: "1"}}}}}}]
+"#
+        )
+    }
+
+    fn args(name: &str, endpoint: &str) -> DemoArgs {
+        DemoArgs {
+            cloud: DemoCloud::Ec2,
+            ec2: Ec2EndpointArgs {
+                ec2_endpoint: Some(endpoint.to_string()),
+                region: "us-east-1".to_string(),
+            },
+            cluster_name: name.to_string(),
+            max_time: Duration::from_secs(1200),
+            ..Default::default()
+        }
+    }
+
+    /// One instance as moto describes it (not through the provider under test).
+    #[derive(Debug)]
+    struct MotoInstance {
+        id: String,
+        state: String,
+        nodeclaim: Option<String>,
+    }
+
+    /// Every instance moto holds with this cluster's ownership tag, terminated ones included.
+    async fn moto_instances(moto_url: &str, cluster: &str) -> Vec<MotoInstance> {
+        let raw = super::provider(&format!("{cluster}-audit"), moto_url, "audit");
+        let reservations = raw
+            .client()
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:kubernetes.io/cluster/{cluster}"))
+                    .values("owned")
+                    .build(),
+            )
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .unwrap();
+        reservations
+            .iter()
+            .flat_map(|r| r.instances())
+            .map(|i| MotoInstance {
+                id: i.instance_id().unwrap().to_string(),
+                state: i
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default(),
+                nodeclaim: i
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(NODECLAIM))
+                    .and_then(|t| t.value())
+                    .map(ToString::to_string),
+            })
+            .collect()
+    }
+
+    /// Runs the scenario to the end; `each_tick` may restart controllers.
+    async fn run(
+        name: &str,
+        proxy: &Proxy,
+        mut each_tick: impl FnMut(&mut Simulation, usize),
+    ) -> (DemoReport, Vec<NodeClaim>, BTreeSet<String>) {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let s = scenario::parse(&scenario_yaml(name)).unwrap();
+        let mut sim = Simulation::start(&s, &args(name, &proxy.url), None)
+            .await
+            .unwrap();
+        for tick in 0.. {
+            each_tick(&mut sim, tick);
+            if sim.step().await || sim.now >= sim.deadline {
+                break;
+            }
+            sim.advance();
+        }
+        let cluster = sim.cluster.clone();
+        let report = sim.finish().await;
+        let nodes: BTreeSet<String> = cluster.read(|st| {
+            st.nodes
+                .values()
+                .filter_map(|n| n.spec.as_ref()?.provider_id.clone())
+                .collect()
+        });
+        (report, cluster.nodeclaims(), nodes)
+    }
+
+    /// The invariants both runs must keep, checked against moto's own instance list.
+    async fn assert_invariants(
+        moto_url: &str,
+        name: &str,
+        proxy: &Proxy,
+        report: &DemoReport,
+        claims: &[NodeClaim],
+        node_provider_ids: &BTreeSet<String>,
+    ) {
+        assert_eq!(report.pods_bound, report.pods_total, "{report:?}");
+        assert!(report.pods_total > 100, "{report:?}");
+        assert_eq!(report.leaked_instances, 0, "{report:?}");
+        assert_eq!(report.pods_bound_to_gated_nodes, 0, "{report:?}");
+        assert!(report.nodes > 0 && report.cost_per_hour > 0.0, "{report:?}");
+        // Nodes are priced from the embedded table, not moto's fake spot prices: the cost cannot
+        // fall below the LP lower bound (it did when moto's 0.00001 spot price leaked through).
+        assert!(
+            report.cost_per_hour >= report.lower_bound_per_hour * 0.99
+                && report.cost_per_hour <= report.lower_bound_per_hour * 2.0,
+            "{report:?}"
+        );
+        assert!(
+            report
+                .nodes_by_type
+                .keys()
+                .any(|k| k.starts_with('g') || k.starts_with('p')),
+            "no GPU node: {:?}",
+            report.nodes_by_type
+        );
+
+        let instances = moto_instances(moto_url, name).await;
+        let claim_names: BTreeSet<&str> = claims
+            .iter()
+            .filter_map(|c| c.metadata.name.as_deref())
+            .collect();
+        let alive: Vec<&MotoInstance> = instances
+            .iter()
+            .filter(|i| i.state == "running" || i.state == "pending")
+            .collect();
+        // Every live tagged instance has a NodeClaim (moto's view, not the provider's).
+        for i in &alive {
+            let owner = i.nodeclaim.as_deref().unwrap_or("<none>");
+            assert!(
+                claim_names.contains(owner),
+                "live instance {} belongs to no nodeclaim ({owner})",
+                i.id
+            );
+        }
+        // No claim ever got two instances, terminated ones included.
+        let mut per_claim: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for i in &instances {
+            per_claim
+                .entry(i.nodeclaim.as_deref().unwrap_or("<none>"))
+                .or_default()
+                .push(&i.id);
+        }
+        for (claim, ids) in &per_claim {
+            assert_eq!(ids.len(), 1, "nodeclaim {claim} got instances {ids:?}");
+        }
+        // Each NodeClaim has exactly one live instance, the one its status records, and a Node.
+        for c in claims {
+            let name = c.metadata.name.as_deref().unwrap();
+            let live: Vec<&&MotoInstance> = alive
+                .iter()
+                .filter(|i| i.nodeclaim.as_deref() == Some(name))
+                .collect();
+            assert_eq!(
+                live.len(),
+                1,
+                "nodeclaim {name} has live instances {live:?}"
+            );
+            let pid = c
+                .status
+                .as_ref()
+                .and_then(|s| s.provider_id.clone())
+                .unwrap_or_default();
+            assert!(
+                pid.ends_with(&live[0].id),
+                "{name}: {pid} vs {}",
+                live[0].id
+            );
+            assert!(node_provider_ids.contains(&pid), "no Node for {pid}");
+        }
+        assert_eq!(claims.len(), report.nodes);
+        // Every Node the fake kubelet registered is a live moto instance.
+        for pid in node_provider_ids {
+            assert!(
+                alive.iter().any(|i| pid.ends_with(&i.id)),
+                "Node for {pid}, which moto does not run"
+            );
+        }
+        // The user data of every launch template registers the node behind the two gates.
+        let templates = proxy.calls("CreateLaunchTemplate");
+        assert!(!templates.is_empty());
+        use base64::Engine as _;
+        for t in &templates {
+            let ud = t.params.get("LaunchTemplateData.UserData").unwrap();
+            let ud = base64::engine::general_purpose::STANDARD
+                .decode(ud)
+                .unwrap();
+            let ud = String::from_utf8(ud).unwrap();
+            assert!(
+                ud.contains("gantry.dev/unregistered") && ud.contains("gantry.dev/initializing"),
+                "{ud}"
+            );
+            assert!(ud.contains(&format!("name: {name}")), "{ud}");
+        }
+        // Only actions the IAM policy grants, plus the demo's own set-up calls.
+        for l in proxy.log() {
+            assert!(
+                gantry::cloud::ec2::API_ACTIONS.contains(&l.action.as_str())
+                    || gantry::sim::ec2::SETUP_ACTIONS.contains(&l.action.as_str()),
+                "{} is neither in the IAM policy nor a set-up call",
+                l.action
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn demo_setup_is_idempotent_and_terminates_leftovers() {
+        use gantry::cloud::CloudProvider as _;
+        use gantry::sim::ec2::{DemoEc2Settings, MOTO_AL2023_IMAGES, connect, prepare};
+        let Some(url) = moto::url() else { return };
+        let name = "demosetup";
+        let proxy = Proxy::start(&url).await;
+        let ec2 = connect(&DemoEc2Settings {
+            endpoint: Some(proxy.url.clone()),
+            region: "us-east-1".to_string(),
+            cluster_name: name.to_string(),
+            cluster_ca_pem: "-----BEGIN CERTIFICATE-----".to_string(),
+        })
+        .unwrap();
+        let s = scenario::parse(&scenario_yaml(name)).unwrap();
+        let zones: BTreeSet<String> = super::ZONES.iter().map(|z| z.to_string()).collect();
+        let (classes, first) = prepare(&ec2, &s.nodeclasses, &zones).await.unwrap();
+        assert_eq!(first.vpcs.len(), 1);
+        assert_eq!(first.subnets.len(), 3);
+        assert_eq!(first.security_groups.len(), 1);
+        assert_eq!(first.aliases_mapped, 1);
+        assert_eq!(
+            classes[0].spec.ami_selector_terms[0].name.as_deref(),
+            Some(MOTO_AL2023_IMAGES)
+        );
+        // What was created is what the NodeClass selects: it resolves to a subnet per zone,
+        // the group, and an AMI for each architecture.
+        let r = ec2.resolve_node_class(&classes[0]).await.unwrap();
+        assert_eq!(r.subnet_per_zone().len(), 3);
+        assert_eq!(r.security_groups[0].id, first.security_groups[0]);
+        assert_eq!(r.amis.len(), 2, "{:?}", r.amis);
+
+        // A second run creates nothing, and terminates what an earlier run left alive.
+        let leftover = ec2
+            .create(
+                &super::claim("left-over", &["m5.large"], &["on-demand"]),
+                &classes[0],
+            )
+            .await
+            .unwrap();
+        let (_, second) = prepare(&ec2, &s.nodeclasses, &zones).await.unwrap();
+        assert!(
+            second.vpcs.is_empty()
+                && second.subnets.is_empty()
+                && second.security_groups.is_empty(),
+            "{second:?}"
+        );
+        assert_eq!(second.leftovers_terminated, 1);
+        assert!(ec2.list().await.unwrap().is_empty());
+        assert!(matches!(
+            ec2.get(&leftover.provider_id).await,
+            Err(gantry::cloud::CloudError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_loop_binds_every_pod_on_moto_without_leaks() {
+        let Some(url) = moto::url() else { return };
+        let name = "fullloop";
+        let proxy = Proxy::start(&url).await;
+        let started = Instant::now();
+        let (report, claims, nodes) = run(name, &proxy, |_, _| {}).await;
+        eprintln!(
+            "full loop on moto: {} pods, {} nodes, {:.0} s simulated, {:.1} s wall ({} EC2 calls: {} CreateFleet, {} DescribeInstances)",
+            report.pods_total,
+            report.nodes,
+            report.simulated_seconds,
+            started.elapsed().as_secs_f64(),
+            proxy.log().len(),
+            proxy.calls("CreateFleet").len(),
+            proxy.calls("DescribeInstances").len(),
+        );
+        assert_invariants(&url, name, &proxy, &report, &claims, &nodes).await;
+        // The demo created the subnets and security group the NodeClass selects.
+        for action in ["CreateVpc", "CreateSubnet", "CreateSecurityGroup"] {
+            assert!(!proxy.calls(action).is_empty(), "no {action}");
+        }
+        // Without faults, one CreateFleet per NodeClaim.
+        assert_eq!(proxy.calls("CreateFleet").len(), claims.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_loop_survives_restarts_and_lost_replies_on_moto() {
+        let Some(url) = moto::url() else { return };
+        let name = "fullcrash";
+        let proxy = Proxy::start(&url).await;
+        // Launches whose reply is lost after moto launched (adoption by tag must find them),
+        // launches that never reach moto, and throttled listings (kubelet, GC, adoption checks).
+        // Injected once the demo's set-up is done, so they hit the loops, not the set-up.
+        let faults = proxy.clone();
+        let started = Instant::now();
+        let mut restarts = 0;
+        let (report, claims, nodes) = run(name, &proxy, |sim, tick| {
+            if tick == 0 {
+                faults.fail("CreateFleet", Fault::LostReply, 4);
+                faults.fail("CreateFleet", Fault::Bare500, 2);
+                faults.fail(
+                    "DescribeInstances",
+                    Fault::Error {
+                        status: 503,
+                        code: "RequestLimitExceeded",
+                    },
+                    6,
+                );
+            }
+            // Crash and restart mid-burst: batches, in-flight launches and GC sightings are lost.
+            if tick > 0 && tick < 60 && tick % 2 == 0 {
+                sim.restart_controllers();
+                restarts += 1;
+            }
+        })
+        .await;
+        eprintln!(
+            "full loop on moto with {restarts} restarts: {} pods, {} nodes, {:.1} s wall",
+            report.pods_total,
+            report.nodes,
+            started.elapsed().as_secs_f64()
+        );
+        assert!(restarts >= 20, "{restarts}");
+        let faulted = proxy.log().iter().filter(|l| l.faulted).count();
+        assert_eq!(faulted, 12, "every injected fault was hit");
+        assert_invariants(&url, name, &proxy, &report, &claims, &nodes).await;
+    }
+}

@@ -16,9 +16,11 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloud::CloudProvider;
+use crate::cloud::command::Ec2EndpointArgs;
 use crate::cloud::sim::{SimCloud, SimConfig};
 use crate::extender::client::{Alpn, ExtenderClient, tls_config};
 use crate::extender::routes::RequestLimits;
+use crate::kube::crd::EC2NodeClass;
 use crate::lifecycle::{Lifecycle, LifecycleConfig};
 use crate::model::labels::{TAINT_INITIALIZING, TAINT_UNREGISTERED};
 use crate::model::{Catalog, NodePoolView, PodDemand};
@@ -38,6 +40,8 @@ use crate::sim::scheduler::{SchedulerConfig, SchedulerStandIn};
 pub enum DemoCloud {
     /// The in-process simulated cloud (the embedded us-east-1 catalog).
     Sim,
+    /// The real EC2 provider (aws-sdk-ec2) against `--ec2-endpoint`, e.g. moto.
+    Ec2,
 }
 
 /// `gantry demo`.
@@ -49,6 +53,12 @@ pub struct DemoArgs {
     /// Where instances are launched.
     #[arg(long, env = "GANTRY_DEMO_CLOUD", value_enum, default_value_t = DemoCloud::Sim)]
     pub cloud: DemoCloud,
+    /// With `--cloud ec2`: the EC2 endpoint (required, e.g. moto) and region.
+    #[command(flatten)]
+    pub ec2: Ec2EndpointArgs,
+    /// With `--cloud ec2`: the cluster name instances are tagged with.
+    #[arg(long, env = "GANTRY_DEMO_CLUSTER_NAME", default_value = crate::sim::ec2::DEFAULT_CLUSTER_NAME)]
+    pub cluster_name: String,
     /// Virtual seconds per real second; 0 runs as fast as the machine allows.
     #[arg(long, env = "GANTRY_DEMO_SPEED", default_value_t = 0.0)]
     pub speed: f64,
@@ -77,6 +87,11 @@ impl Default for DemoArgs {
         DemoArgs {
             scenario: None,
             cloud: DemoCloud::Sim,
+            ec2: Ec2EndpointArgs {
+                ec2_endpoint: None,
+                region: "us-east-1".to_string(),
+            },
+            cluster_name: crate::sim::ec2::DEFAULT_CLUSTER_NAME.to_string(),
             speed: 0.0,
             tick: Duration::from_secs(1),
             max_time: Duration::from_secs(1800),
@@ -153,6 +168,9 @@ pub enum DemoError {
     /// Setting up the in-process server.
     #[error("cannot start the in-process extender: {0}")]
     Setup(String),
+    /// Setting up the cloud (`--cloud ec2`: the endpoint, its catalog, the NodeClass resources).
+    #[error("cannot set up the cloud: {0}")]
+    Cloud(String),
     /// Writing the report.
     #[error("cannot write the report")]
     Write(#[from] std::io::Error),
@@ -255,7 +273,7 @@ pub struct Simulation {
     app: AppState,
     /// The simulated cluster.
     pub cluster: Arc<SimCluster>,
-    /// The simulated cloud (also reachable through `cloud`, possibly wrapped).
+    /// The simulated cloud (also reachable through `cloud`, possibly wrapped; idle with `--cloud ec2`).
     pub sim_cloud: Arc<SimCloud>,
     /// The cloud the controllers use.
     pub cloud: Arc<dyn CloudProvider>,
@@ -346,15 +364,21 @@ impl Simulation {
         );
         let sim_cloud =
             Arc::new(SimCloud::embedded(SimConfig::default()).map_err(|e| setup(e.to_string()))?);
-        let cloud: Arc<dyn CloudProvider> = match cloud {
-            Some(wrap) => wrap(sim_cloud.clone()),
-            None => sim_cloud.clone(),
+        let (cloud, catalog, nodeclasses) = match args.cloud {
+            DemoCloud::Sim => {
+                let cloud: Arc<dyn CloudProvider> = match cloud {
+                    Some(wrap) => wrap(sim_cloud.clone()),
+                    None => sim_cloud.clone(),
+                };
+                let catalog = sim_cloud
+                    .catalog()
+                    .await
+                    .map_err(|e| setup(e.to_string()))?;
+                (cloud, catalog, scenario.nodeclasses.clone())
+            }
+            DemoCloud::Ec2 => ec2_cloud(scenario, args, &certs.ca_cert).await?,
         };
-        let catalog = sim_cloud
-            .catalog()
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        for c in &scenario.nodeclasses {
+        for c in &nodeclasses {
             cluster.put_nodeclass(c.clone());
         }
         for p in &scenario.nodepools {
@@ -518,6 +542,42 @@ impl Simulation {
         let _ = std::fs::remove_dir_all(&self.dir);
         report
     }
+}
+
+/// The EC2 cloud for `--cloud ec2`: connects, prepares the endpoint for the scenario's
+/// NodeClasses, and returns the cloud, its catalog and the NodeClasses as prepared.
+async fn ec2_cloud(
+    scenario: &Scenario,
+    args: &DemoArgs,
+    ca_pem: &str,
+) -> Result<(Arc<dyn CloudProvider>, Arc<Catalog>, Vec<EC2NodeClass>), DemoError> {
+    let setup = |e: String| DemoError::Cloud(e);
+    let settings = crate::sim::ec2::DemoEc2Settings {
+        endpoint: args.ec2.ec2_endpoint.clone(),
+        region: args.ec2.region.clone(),
+        cluster_name: args.cluster_name.clone(),
+        cluster_ca_pem: ca_pem.to_string(),
+    };
+    let provider = Arc::new(crate::sim::ec2::connect(&settings).map_err(setup)?);
+    let embedded = Arc::new(Catalog::embedded().map_err(|e| setup(e.to_string()))?);
+    let cloud = Arc::new(crate::sim::ec2::DemoEc2Cloud::new(
+        provider.clone(),
+        embedded,
+    ));
+    let catalog = cloud.catalog().await.map_err(|e| {
+        setup(format!(
+            "cannot read the EC2 catalog from {}: {e}",
+            args.ec2.ec2_endpoint.as_deref().unwrap_or_default()
+        ))
+    })?;
+    let zones = crate::sim::ec2::zones_of(&catalog);
+    let (classes, prepared) = crate::sim::ec2::prepare(&provider, &scenario.nodeclasses, &zones)
+        .await
+        .map_err(setup)?;
+    if !args.quiet {
+        let _ = writeln!(std::io::stderr().lock(), "{}", prepared.summary());
+    }
+    Ok((cloud, catalog, classes))
 }
 
 fn controllers(

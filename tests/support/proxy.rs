@@ -40,6 +40,8 @@ pub enum Fault {
         /// Also forward to moto and keep the instance it launches (a partial success).
         launch: bool,
     },
+    /// Forward to moto, then answer a bare 500: the call took effect but its reply was lost.
+    LostReply,
 }
 
 /// One logged request.
@@ -281,6 +283,9 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         Ok(b) => b.to_bytes(),
         Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
+    if let Some(Fault::LostReply) = fault {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
     if let Some(Fault::FleetErrors {
         code, fail_types, ..
     }) = fault
