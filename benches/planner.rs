@@ -15,7 +15,7 @@ use gantry::model::requirements::{PodSelector, Requirement, Requirements};
 use gantry::model::resources::names;
 use gantry::model::taints::{Effect, Taint, Toleration, TolerationOperator};
 use gantry::model::{CapacityType, NodePoolView, PodDemand, Resources};
-use gantry::plan::lower_bound::plan_lower_bound;
+use gantry::plan::lower_bound::plan_bounds;
 use gantry::plan::{PlanInput, plan};
 
 const MI: i64 = 1 << 20;
@@ -215,7 +215,8 @@ fn summary(label: &str, input: &PlanInput<'_>) {
     let start = Instant::now();
     let p = plan(input);
     let secs = start.elapsed().as_secs_f64();
-    let bound = plan_lower_bound(input, &p);
+    let bounds = plan_bounds(input, &p);
+    let bound = bounds.best();
     let placed: usize = p.claims.iter().map(|c| c.pods.len()).sum();
     if std::env::var_os("PLANNER_BENCH_DUMP").is_some() {
         use gantry::plan::binpack::{Order, Packer, Strategy};
@@ -275,7 +276,7 @@ fn summary(label: &str, input: &PlanInput<'_>) {
         }
     }
     println!(
-        "{label}: pods={} placed={} unschedulable={} nodes={} pods/s={:.0} cost=${:.3}/h bound=${:.3}/h ratio={:.3}",
+        "{label}: pods={} placed={} unschedulable={} nodes={} pods/s={:.0} cost=${:.3}/h bound=${:.3}/h (resource LP ${:.3}, pattern LP ${:.3}) ratio={:.3}",
         input.pods.len(),
         placed,
         p.unschedulable.len(),
@@ -283,6 +284,8 @@ fn summary(label: &str, input: &PlanInput<'_>) {
         input.pods.len() as f64 / secs,
         p.cost_per_hour(),
         bound,
+        bounds.resource,
+        bounds.pattern,
         p.cost_per_hour() / bound
     );
 }

@@ -16,8 +16,8 @@
 use std::collections::HashMap;
 
 use super::select::{
-    Amount, Candidate, DIMS, Ranked, Scoring, TypePrices, best_new_type, fit_count, offering_bit,
-    rank_options, zone_bits,
+    Amount, Candidate, DIMS, Ranked, Scoring, TypePrices, best_new_type, fit_count, holds,
+    offering_bit, rank_options, zone_bits,
 };
 use super::{ClaimOption, NewClaim, Placement, Plan, PlanInput, PodView, Target, Unplaceable};
 use crate::model::labels::{CAPACITY_TYPE, HOSTNAME, NODEPOOL, REGION, ZONE};
@@ -1743,6 +1743,138 @@ impl<'a> Packer<'a> {
             }
         }
         (rows.iter().map(|r| r.2).collect(), columns)
+    }
+}
+
+/// One kind of pod in the configuration LP: a shape's pods that the plan put on new nodes.
+pub(crate) struct PatternItem {
+    /// Requests of one pod.
+    pub req: Amount,
+    /// How many such pods the new nodes hold.
+    pub demand: u32,
+    /// The most one node may hold (the demand, or less for hostname anti-affinity and spread).
+    pub cap: u32,
+    /// Items it may not share a node with (anti-affinity, host ports; symmetric).
+    pub conflicts: Vec<usize>,
+}
+
+/// One kind of node in the configuration LP: a (pool, type, offering set) a new node can be.
+pub(crate) struct PatternKind {
+    /// Room for pods after reservations and DaemonSets.
+    pub room: Amount,
+    /// The cheapest price at which a node of this kind can hold `allowed` pods.
+    pub price: f64,
+    /// Per item, whether its pods may run on this kind.
+    pub allowed: Vec<bool>,
+}
+
+/// The inputs of the configuration LP over the pods a plan put on new nodes.
+pub(crate) struct PatternLp {
+    /// Pod kinds (one per shape with pods on new nodes).
+    pub items: Vec<PatternItem>,
+    /// Node kinds, with dominated ones (less room, fewer pods allowed, not cheaper) removed.
+    pub kinds: Vec<PatternKind>,
+}
+
+impl Packer<'_> {
+    /// The configuration LP's items and node kinds for the pods marked in `placed_new`.
+    ///
+    /// Every new node of a plan is some (pool, type) launched at an offering every one of its
+    /// pods allows; it is represented here by a kind with at least its room, at least its set of
+    /// allowed pods and at most its price (an offering whose allowed set is a subset of a cheaper
+    /// one's is dropped, and so is a kind dominated by another in room, set and price). Node-level
+    /// topology is kept only where every plan obeys it: at most `cap` pods of an item per node
+    /// and no two conflicting items together.
+    pub(crate) fn pattern_lp(&self, placed_new: &[bool]) -> PatternLp {
+        let mut items = Vec::new();
+        let mut item_of = vec![usize::MAX; self.shapes.len()];
+        for (si, shape) in self.shapes.iter().enumerate() {
+            let n = shape.pods.iter().filter(|p| placed_new[**p]).count() as u32;
+            if n == 0 {
+                continue;
+            }
+            // Only spreads whose selector counts the shape itself cap it on every plan's node.
+            let mut cap = n;
+            for (max, set) in &shape.host_spread {
+                if has_bit(set, si) {
+                    cap = cap.min(*max);
+                }
+            }
+            if has_bit(&shape.conflicts, si) {
+                cap = cap.min(1);
+            }
+            item_of[si] = items.len();
+            items.push(PatternItem {
+                req: shape.req,
+                demand: n,
+                cap: cap.max(1),
+                conflicts: Vec::new(),
+            });
+        }
+        let shape_ids: Vec<usize> = (0..self.shapes.len())
+            .filter(|s| item_of[*s] != usize::MAX)
+            .collect();
+        for &a in &shape_ids {
+            for &b in &shape_ids {
+                if a != b && has_bit(&self.shapes[a].conflicts, b) {
+                    items[item_of[a]].conflicts.push(item_of[b]);
+                }
+            }
+        }
+        let mut kinds: Vec<PatternKind> = Vec::new();
+        for pi in 0..self.input.pools.len() {
+            for ty in 0..self.prices.len() {
+                let masks: Vec<u64> = shape_ids
+                    .iter()
+                    .map(|s| self.shapes[*s].compat[pi].as_ref().map_or(0, |c| c[ty]))
+                    .collect();
+                if masks.iter().all(|m| *m == 0) {
+                    continue;
+                }
+                // Offerings cheapest first: a later set inside an earlier one is dominated.
+                let mut kept: Vec<Vec<bool>> = Vec::new();
+                for &(bit, price) in &self.prices[ty].offerings {
+                    let set: Vec<bool> = masks.iter().map(|m| m & (1u64 << bit) != 0).collect();
+                    if !set.iter().any(|x| *x) {
+                        continue;
+                    }
+                    let dominated = kept
+                        .iter()
+                        .any(|k| k.iter().zip(&set).all(|(big, small)| *big || !*small));
+                    if dominated {
+                        continue;
+                    }
+                    kept.push(set.clone());
+                    kinds.push(PatternKind {
+                        room: self.room[pi][ty],
+                        price,
+                        allowed: set,
+                    });
+                }
+            }
+        }
+        // Drop kinds another kind dominates (ties keep the first).
+        let dominates = |k: &PatternKind, j: &PatternKind| {
+            k.price <= j.price
+                && holds(&k.room, &j.room)
+                && k.allowed.iter().zip(&j.allowed).all(|(a, b)| *a || !*b)
+        };
+        let keep: Vec<bool> = (0..kinds.len())
+            .map(|j| {
+                !(0..kinds.len()).any(|k| {
+                    k != j
+                        && dominates(&kinds[k], &kinds[j])
+                        && (k < j || !dominates(&kinds[j], &kinds[k]))
+                })
+            })
+            .collect();
+        let kinds = kinds
+            .into_iter()
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|(k, _)| k)
+            .collect();
+        PatternLp { items, kinds }
     }
 }
 

@@ -10,20 +10,51 @@
 //!
 //! No integral plan can be cheaper, because every integral plan is a feasible point. There are
 //! only a handful of rows, so a revised simplex with a dense `m × m` basis inverse is exact and
-//! fast over a thousand type columns; no LP crate is needed.
+//! fast over a thousand type columns; no LP crate is needed. `room` is the allocatable the
+//! packer uses (capacity minus kube-reserved, system memory and the eviction threshold, minus the
+//! pool's DaemonSets), so every node's fixed overheads are already paid per unit of type.
+//!
+//! That LP still buys CPU on one type and memory or pod slots on another. The *configuration LP*
+//! ([`pattern_bound`]) closes that hole: its columns are whole-pod patterns of one node, found by
+//! column generation with a knapsack per node kind, and its value is certified by a dual argument
+//! that holds whatever the LP solver returns. The reported bound is the larger of the two.
 
 // Index loops over parallel per-type and per-dimension arrays read clearer than zips here.
 #![allow(clippy::needless_range_loop)]
 
-use super::select::{Amount, DIMS};
-use super::{Plan, PlanInput, binpack::Packer};
+use super::binpack::{Packer, PatternItem, PatternKind, PatternLp};
+use super::select::{Amount, DIMS, fit_count};
+use super::{Plan, PlanInput};
 
-/// The LP lower bound of the plan's new-node cost, in USD/hour.
+/// The two lower bounds on a plan's new-node cost, so a report can say which one binds.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LowerBounds {
+    /// The resource LP: fractional nodes covering each resource total, USD/hour.
+    pub resource: f64,
+    /// The configuration LP: fractional counts of whole-pod node patterns, USD/hour.
+    pub pattern: f64,
+}
+
+impl LowerBounds {
+    /// The tighter of the two, which is still a lower bound.
+    pub fn best(&self) -> f64 {
+        self.resource.max(self.pattern)
+    }
+}
+
+/// The lower bound of the plan's new-node cost, in USD/hour: the larger of the resource LP and
+/// the configuration LP (see [`plan_bounds`]).
 ///
 /// Only pods the plan puts on new claims count: pods placed on existing capacity cost nothing
-/// new, and unschedulable pods cost nothing in either. Returns 0 when the LP does not converge
+/// new, and unschedulable pods cost nothing in either. 0 is returned when nothing can be bounded
 /// (0 is always a valid bound).
 pub fn plan_lower_bound(input: &PlanInput<'_>, plan: &Plan) -> f64 {
+    plan_bounds(input, plan).best()
+}
+
+/// Both lower bounds of the plan's new-node cost, for reports that split the gap between the
+/// bound and the packer.
+pub fn plan_bounds(input: &PlanInput<'_>, plan: &Plan) -> LowerBounds {
     let mut placed_new = vec![false; input.pods.len()];
     for c in &plan.claims {
         for p in &c.pods {
@@ -35,11 +66,14 @@ pub fn plan_lower_bound(input: &PlanInput<'_>, plan: &Plan) -> f64 {
     let packer = Packer::new(input);
     let (rows, columns) = packer.bound_lp(&placed_new);
     if rows.is_empty() {
-        return 0.0;
+        return LowerBounds::default();
     }
     let a: Vec<Vec<f64>> = columns.iter().map(|(e, _)| e.clone()).collect();
     let c: Vec<f64> = columns.iter().map(|(_, p)| *p).collect();
-    simplex_cover(&a, &c, rows.len()).unwrap_or(0.0)
+    LowerBounds {
+        resource: simplex_cover(&a, &c, rows.len()).unwrap_or(0.0),
+        pattern: pattern_bound(&packer.pattern_lp(&placed_new)),
+    }
 }
 
 /// The cheapest fractional cover of one `demand` by columns `(room, price)`; `None` if impossible.
@@ -63,6 +97,12 @@ pub fn cover_cost(demand: &Amount, columns: &[(Amount, f64)]) -> Option<f64> {
 /// Solves `min c·x s.t. A x ≥ 1, x ≥ 0` (columns of `a` have `m` entries) by revised simplex with
 /// big-M artificials. Returns `None` when infeasible.
 pub fn simplex_cover(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<f64> {
+    simplex_cover_duals(a, c, m).map(|(v, _)| v)
+}
+
+/// [`simplex_cover`] that also returns the row duals `y = c_B B⁻¹` of the final basis, which
+/// column generation prices new columns with.
+pub fn simplex_cover_duals(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<(f64, Vec<f64>)> {
     let n = a.len();
     let max_c = c.iter().copied().fold(0.0f64, f64::max).max(1.0);
     let big_m = max_c * 1e7;
@@ -171,18 +211,551 @@ pub fn simplex_cover(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<f64> {
         return None;
     }
     let mut obj = 0.0;
+    let mut y = vec![0.0f64; m];
     for (k, &bj) in basis.iter().enumerate() {
         if bj >= n + m && xb[k] > 1e-9 {
             return None;
         }
         obj += cost(bj) * xb[k];
+        for i in 0..m {
+            y[i] += cost(bj) * binv[k][i];
+        }
     }
-    Some(obj)
+    Some((obj, y))
+}
+
+/// Rounds of column generation at most (each prices every node kind once).
+const GEN_ROUNDS: usize = 60;
+/// Branch-and-bound nodes per node kind and round while generating columns.
+const GEN_BUDGET: u32 = 300;
+/// Branch-and-bound nodes per node kind for the last, tightening pass.
+const FINAL_BUDGET: u32 = 5_000;
+/// New columns added per round at most.
+const COLUMNS_PER_ROUND: usize = 40;
+
+/// The configuration-LP bound: whole pods on whole nodes, relaxed only in how many of each
+/// node *pattern* is bought.
+///
+/// Columns are patterns (how many pods of each item one node of a kind holds); rows say every
+/// item's pods are covered. Columns are generated from the duals by a knapsack per node kind.
+///
+/// # Why it is a lower bound, whatever the LP solver does
+/// Take any non-negative value `v_s` per pod of item `s`, and let `θ ≥ 1` bound
+/// `value(pattern) ÷ price(kind)` over every pattern any node of the plan could hold (the
+/// knapsack's upper bound `ub_k` gives `θ = max_k ub_k ÷ price_k`). A plan's nodes hold every
+/// pod exactly once, so its cost is `Σ_nodes price ≥ Σ_nodes value(pattern) ÷ θ = Σ_s d_s v_s ÷
+/// θ`. The LP's duals only choose good values; `ub_k` comes from a branch and bound whose
+/// pruned or unexplored subtrees contribute their relaxation bound, so it is never below the
+/// best pattern. Returns 0 when there is nothing to bound.
+pub(crate) fn pattern_bound(lp: &PatternLp) -> f64 {
+    let items = &lp.items;
+    let m = items.len();
+    if m == 0 || lp.kinds.is_empty() {
+        return 0.0;
+    }
+    let demand: Vec<f64> = items.iter().map(|it| f64::from(it.demand.max(1))).collect();
+    let mut cols: Vec<Vec<f64>> = Vec::new();
+    let mut costs: Vec<f64> = Vec::new();
+    // Start feasible: each item alone on the kind cheapest per pod.
+    for (s, it) in items.iter().enumerate() {
+        let mut best: Option<(f64, f64, u32)> = None;
+        for k in lp.kinds.iter().filter(|k| k.allowed[s] && k.price > 0.0) {
+            let n = fit_count(&k.room, &it.req).min(it.cap).min(it.demand);
+            if n == 0 {
+                continue;
+            }
+            let per = k.price / f64::from(n);
+            if best.is_none_or(|(b, _, _)| per < b) {
+                best = Some((per, k.price, n));
+            }
+        }
+        let Some((_, price, n)) = best else {
+            return 0.0;
+        };
+        let mut col = vec![0.0; m];
+        col[s] = f64::from(n) / demand[s];
+        cols.push(col);
+        costs.push(price);
+    }
+    let mut best_lb = 0.0f64;
+    let mut last_values: Option<Vec<f64>> = None;
+    for _round in 0..GEN_ROUNDS {
+        let Some((_, y)) = simplex_cover_duals(&cols, &costs, m) else {
+            break;
+        };
+        let values: Vec<f64> = y.iter().zip(&demand).map(|(y, d)| y.max(0.0) / d).collect();
+        let mut theta = 1.0f64;
+        let mut found: Vec<(f64, usize, Vec<u32>)> = Vec::new();
+        for (ki, kind) in lp.kinds.iter().enumerate() {
+            let r = best_pattern(kind, items, &values, GEN_BUDGET);
+            theta = theta.max(ratio(r.upper, kind.price));
+            if r.value > kind.price * (1.0 + 1e-7) {
+                found.push((r.value / kind.price, ki, r.counts));
+            }
+        }
+        best_lb = best_lb.max(covered(&values, items) / theta);
+        last_values = Some(values);
+        if found.is_empty() {
+            break;
+        }
+        found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, ki, counts) in found.into_iter().take(COLUMNS_PER_ROUND) {
+            cols.push(
+                counts
+                    .iter()
+                    .zip(&demand)
+                    .map(|(c, d)| f64::from(*c) / d)
+                    .collect(),
+            );
+            costs.push(lp.kinds[ki].price);
+        }
+    }
+    // A deeper search on the last values tightens θ where the short one stopped early.
+    if let Some(values) = last_values {
+        let mut theta = 1.0f64;
+        for kind in &lp.kinds {
+            let r = best_pattern(kind, items, &values, FINAL_BUDGET);
+            theta = theta.max(ratio(r.upper, kind.price));
+        }
+        best_lb = best_lb.max(covered(&values, items) / theta);
+    }
+    best_lb
+}
+
+/// `Σ_s d_s v_s`: what the values say covering every pod is worth.
+fn covered(values: &[f64], items: &[PatternItem]) -> f64 {
+    values
+        .iter()
+        .zip(items)
+        .map(|(v, it)| v * f64::from(it.demand))
+        .sum()
+}
+
+/// `upper ÷ price`, with a free node that holds something valuable making the bound worthless.
+fn ratio(upper: f64, price: f64) -> f64 {
+    if upper <= 0.0 {
+        0.0
+    } else if price > 0.0 {
+        upper / price
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// The best pattern found for one node kind, and an upper bound on the best there is.
+struct PatternSearch {
+    /// Value of the best pattern found.
+    value: f64,
+    /// Pods of each item in it.
+    counts: Vec<u32>,
+    /// No pattern of the kind is worth more than this.
+    upper: f64,
+}
+
+/// The most valuable set of whole pods one node of `kind` can hold (a bounded multi-dimensional
+/// knapsack), by depth-first branch and bound within `budget` nodes.
+fn best_pattern(
+    kind: &PatternKind,
+    items: &[PatternItem],
+    values: &[f64],
+    budget: u32,
+) -> PatternSearch {
+    let mut cand: Vec<(usize, u32)> = Vec::new();
+    for (s, it) in items.iter().enumerate() {
+        if !kind.allowed[s] || values[s] <= 0.0 {
+            continue;
+        }
+        let u = fit_count(&kind.room, &it.req).min(it.cap).min(it.demand);
+        if u > 0 {
+            cand.push((s, u));
+        }
+    }
+    let mut out = PatternSearch {
+        value: 0.0,
+        counts: vec![0; items.len()],
+        upper: 0.0,
+    };
+    if cand.is_empty() {
+        return out;
+    }
+    // Constraints of the relaxation: each resource the pods use, and two surrogates (sums of
+    // resources as fractions of the node), all implied by "the pods fit".
+    let used: Vec<usize> = (0..DIMS)
+        .filter(|d| cand.iter().any(|(s, _)| items[*s].req[*d] > 0) && kind.room[*d] > 0)
+        .collect();
+    let mut lambdas: Vec<[f64; DIMS]> = used
+        .iter()
+        .map(|d| {
+            let mut l = [0.0; DIMS];
+            l[*d] = 1.0;
+            l
+        })
+        .collect();
+    let mut both = [0.0; DIMS];
+    both[0] = 1.0;
+    both[1] = 1.0;
+    let mut all = both;
+    all[3] = 1.0;
+    lambdas.push(both);
+    lambdas.push(all);
+    let norm = |l: &[f64; DIMS], a: &Amount| -> f64 {
+        (0..DIMS)
+            .filter(|d| l[*d] > 0.0 && kind.room[*d] > 0)
+            .map(|d| l[d] * a[d].max(0) as f64 / kind.room[d] as f64)
+            .sum()
+    };
+    // Branch in order of value per unit of the pods-and-resources surrogate.
+    cand.sort_by(|a, b| {
+        let da = values[a.0] / norm(&all, &items[a.0].req).max(1e-12);
+        let db = values[b.0] / norm(&all, &items[b.0].req).max(1e-12);
+        db.total_cmp(&da).then(a.0.cmp(&b.0))
+    });
+    let weights: Vec<Vec<f64>> = lambdas
+        .iter()
+        .map(|l| cand.iter().map(|(s, _)| norm(l, &items[*s].req)).collect())
+        .collect();
+    let orders: Vec<Vec<usize>> = weights
+        .iter()
+        .map(|w| {
+            let mut o: Vec<usize> = (0..cand.len()).collect();
+            let density = |p: usize| {
+                if w[p] <= 0.0 {
+                    f64::INFINITY
+                } else {
+                    values[cand[p].0] / w[p]
+                }
+            };
+            o.sort_by(|a, b| density(*b).total_cmp(&density(*a)).then(a.cmp(b)));
+            o
+        })
+        .collect();
+    let mut search = Knapsack {
+        kind,
+        items,
+        values,
+        cand: &cand,
+        lambdas: &lambdas,
+        weights: &weights,
+        orders: &orders,
+        counts: vec![0; cand.len()],
+        best: 0.0,
+        best_counts: vec![0; cand.len()],
+        budget,
+    };
+    let upper = search.rec(0, kind.room, 0.0).unwrap_or(f64::INFINITY);
+    out.value = search.best;
+    for (p, (s, _)) in cand.iter().enumerate() {
+        out.counts[*s] = search.best_counts[p];
+    }
+    out.upper = upper.max(search.best);
+    out
+}
+
+/// Depth-first branch and bound over the candidate items of one node kind.
+struct Knapsack<'k> {
+    kind: &'k PatternKind,
+    items: &'k [PatternItem],
+    values: &'k [f64],
+    /// `(item, most per node)`, in branching order.
+    cand: &'k [(usize, u32)],
+    /// Relaxation constraints, as weights on resources relative to the node's room.
+    lambdas: &'k [[f64; DIMS]],
+    /// Per constraint, per candidate: one pod's weight.
+    weights: &'k [Vec<f64>],
+    /// Per constraint: candidates by value per weight, best first.
+    orders: &'k [Vec<usize>],
+    counts: Vec<u32>,
+    best: f64,
+    best_counts: Vec<u32>,
+    budget: u32,
+}
+
+impl Knapsack<'_> {
+    /// An upper bound on the value candidates `pos..` can add in `free`: the least, over the
+    /// relaxation constraints, of the fractional knapsack on that one constraint (each pod count
+    /// also capped by how many fit in `free` on their own and by conflicts already chosen).
+    fn bound(&self, pos: usize, free: &Amount) -> f64 {
+        let caps: Vec<f64> = self
+            .cand
+            .iter()
+            .enumerate()
+            .map(|(p, (s, u))| {
+                if p < pos || self.conflicted(*s) {
+                    0.0
+                } else {
+                    f64::from((*u).min(fit_count(free, &self.items[*s].req)))
+                }
+            })
+            .collect();
+        let mut best = f64::INFINITY;
+        for (c, l) in self.lambdas.iter().enumerate() {
+            let mut cap: f64 = (0..DIMS)
+                .filter(|d| l[*d] > 0.0 && self.kind.room[*d] > 0)
+                .map(|d| l[d] * free[d].max(0) as f64 / self.kind.room[d] as f64)
+                .sum();
+            let mut v = 0.0;
+            for &p in &self.orders[c] {
+                if caps[p] <= 0.0 {
+                    continue;
+                }
+                let val = self.values[self.cand[p].0];
+                let w = self.weights[c][p];
+                if w <= 0.0 {
+                    v += val * caps[p];
+                    continue;
+                }
+                if cap <= 0.0 {
+                    break;
+                }
+                let x = caps[p].min(cap / w);
+                v += val * x;
+                cap -= x * w;
+            }
+            best = best.min(v);
+        }
+        best
+    }
+
+    /// Whether an item already chosen conflicts with item `s`.
+    fn conflicted(&self, s: usize) -> bool {
+        self.items[s].conflicts.iter().any(|t| {
+            self.cand
+                .iter()
+                .position(|(c, _)| c == t)
+                .is_some_and(|p| self.counts[p] > 0)
+        })
+    }
+
+    /// The best value reachable from here (an upper bound where the search was cut short), or
+    /// `None` when the budget ran out before this node was looked at.
+    fn rec(&mut self, pos: usize, free: Amount, value: f64) -> Option<f64> {
+        if pos == self.cand.len() {
+            if value > self.best {
+                self.best = value;
+                self.best_counts.clone_from(&self.counts);
+            }
+            return Some(value);
+        }
+        if self.budget == 0 {
+            return None;
+        }
+        self.budget -= 1;
+        let b = value + self.bound(pos, &free);
+        if b <= self.best * (1.0 + 1e-12) {
+            return Some(b);
+        }
+        let (s, u) = self.cand[pos];
+        let req = self.items[s].req;
+        let kmax = if self.conflicted(s) {
+            0
+        } else {
+            u.min(fit_count(&free, &req))
+        };
+        let mut upper = f64::NEG_INFINITY;
+        for k in (0..=kmax).rev() {
+            let mut next = free;
+            for d in 0..DIMS {
+                next[d] -= req[d] * i64::from(k);
+            }
+            self.counts[pos] = k;
+            match self.rec(pos + 1, next, value + self.values[s] * f64::from(k)) {
+                Some(v) => upper = upper.max(v),
+                None => {
+                    // The rest of this subtree is worth at most this node's bound.
+                    upper = upper.max(b);
+                    break;
+                }
+            }
+        }
+        self.counts[pos] = 0;
+        Some(upper)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::plan::binpack::{PatternItem, PatternKind, PatternLp};
+    use proptest::prelude::*;
+
+    fn amount(cpu: i64, mem: i64) -> Amount {
+        let mut a = [0; DIMS];
+        a[0] = cpu;
+        a[1] = mem;
+        a[3] = 1;
+        a
+    }
+
+    fn room(cpu: i64, mem: i64, pods: i64) -> Amount {
+        let mut a = amount(cpu, mem);
+        a[3] = pods;
+        a
+    }
+
+    /// Every pattern (pods per item) one node of `kind` may hold, by enumeration.
+    fn patterns(lp: &PatternLp, kind: &PatternKind) -> Vec<Vec<u32>> {
+        let mut out = vec![vec![]];
+        for (s, it) in lp.items.iter().enumerate() {
+            let most = if kind.allowed[s] {
+                it.cap.min(it.demand)
+            } else {
+                0
+            };
+            out = out
+                .into_iter()
+                .flat_map(|p| (0..=most).map(move |k| [p.clone(), vec![k]].concat()))
+                .collect();
+        }
+        out.retain(|p| {
+            let mut used = [0i64; DIMS];
+            for (s, k) in p.iter().enumerate() {
+                for d in 0..DIMS {
+                    used[d] += lp.items[s].req[d] * i64::from(*k);
+                }
+            }
+            let clash = p
+                .iter()
+                .enumerate()
+                .any(|(s, k)| *k > 0 && lp.items[s].conflicts.iter().any(|t| p[*t] > 0));
+            p.iter().any(|k| *k > 0) && !clash && (0..DIMS).all(|d| used[d] <= kind.room[d])
+        });
+        out
+    }
+
+    /// The cheapest integral fleet covering every pod exactly, by dynamic programming over the
+    /// pods still to place (exact for these tiny instances).
+    fn brute_force_optimum(lp: &PatternLp) -> f64 {
+        let dims: Vec<usize> = lp.items.iter().map(|i| i.demand as usize + 1).collect();
+        let states: usize = dims.iter().product();
+        let decode = |mut x: usize| -> Vec<u32> {
+            dims.iter()
+                .map(|d| {
+                    let v = x % d;
+                    x /= d;
+                    v as u32
+                })
+                .collect()
+        };
+        let encode = |v: &[u32]| -> usize {
+            let mut x = 0;
+            for (i, d) in dims.iter().enumerate().rev() {
+                x = x * d + v[i] as usize;
+            }
+            x
+        };
+        let moves: Vec<(Vec<u32>, f64)> = lp
+            .kinds
+            .iter()
+            .flat_map(|k| patterns(lp, k).into_iter().map(|p| (p, k.price)))
+            .collect();
+        let mut best = vec![f64::INFINITY; states];
+        best[0] = 0.0;
+        for x in 1..states {
+            let left = decode(x);
+            for (p, price) in &moves {
+                // Take the pattern's pods, never more than are left (extra room stays empty).
+                let rest: Vec<u32> = left
+                    .iter()
+                    .zip(p)
+                    .map(|(l, k)| l.saturating_sub(*k))
+                    .collect();
+                let y = encode(&rest);
+                if y != x {
+                    best[x] = best[x].min(best[y] + price);
+                }
+            }
+        }
+        best[states - 1]
+    }
+
+    #[test]
+    fn pattern_bound_counts_whole_pods() {
+        // Pods of 3 CPU on 4-CPU nodes: the resource LP buys 3/4 of a node per pod, but one pod
+        // per node is all that fits, so three pods need three nodes.
+        let lp = PatternLp {
+            items: vec![PatternItem {
+                req: amount(3, 1),
+                demand: 3,
+                cap: 3,
+                conflicts: vec![],
+            }],
+            kinds: vec![PatternKind {
+                room: room(4, 4, 10),
+                price: 1.0,
+                allowed: vec![true],
+            }],
+        };
+        let v = pattern_bound(&lp);
+        assert!((v - 3.0).abs() < 1e-6, "{v}");
+        assert!(v <= brute_force_optimum(&lp) + 1e-9);
+    }
+
+    #[test]
+    fn pattern_bound_honours_conflicts_and_caps() {
+        // Two anti-affine items (at most one pod of either per node): four nodes, though all
+        // four pods would fit on one.
+        let lp = PatternLp {
+            items: vec![
+                PatternItem {
+                    req: amount(1, 1),
+                    demand: 2,
+                    cap: 1,
+                    conflicts: vec![1],
+                },
+                PatternItem {
+                    req: amount(1, 1),
+                    demand: 2,
+                    cap: 1,
+                    conflicts: vec![0],
+                },
+            ],
+            kinds: vec![PatternKind {
+                room: room(8, 8, 10),
+                price: 1.0,
+                allowed: vec![true, true],
+            }],
+        };
+        let v = pattern_bound(&lp);
+        assert!((v - 4.0).abs() < 1e-6, "{v}");
+        assert!((brute_force_optimum(&lp) - 4.0).abs() < 1e-9);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The bound never exceeds the brute-forced optimum of a tiny instance.
+        #[test]
+        fn pattern_bound_is_below_the_optimum(
+            items in prop::collection::vec((1i64..6, 1i64..6, 1u32..4, 1u32..4), 1..4),
+            kinds in prop::collection::vec((2i64..12, 2i64..12, 1i64..6, 1u32..40, any::<u8>()), 1..4),
+            conflict in any::<bool>(),
+        ) {
+            let n = items.len();
+            let lp = PatternLp {
+                items: items
+                    .iter()
+                    .enumerate()
+                    .map(|(s, (c, m, d, cap))| PatternItem {
+                        req: amount(*c, *m),
+                        demand: *d,
+                        cap: (*cap).min(*d),
+                        conflicts: if conflict && n > 1 && s < 2 { vec![1 - s] } else { vec![] },
+                    })
+                    .collect(),
+                kinds: kinds
+                    .iter()
+                    .map(|(c, m, p, price, allow)| PatternKind {
+                        room: room(*c, *m, *p),
+                        price: f64::from(*price) / 10.0,
+                        allowed: (0..n).map(|s| allow & (1 << s) != 0 || s == 0).collect(),
+                    })
+                    .collect(),
+            };
+            let opt = brute_force_optimum(&lp);
+            let v = pattern_bound(&lp);
+            prop_assert!(v <= opt * (1.0 + 1e-9) + 1e-9, "bound {} > optimum {}", v, opt);
+        }
+    }
 
     #[test]
     fn single_resource_uses_best_price_per_unit() {
