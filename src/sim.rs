@@ -4,5 +4,6 @@
 pub mod cluster;
 pub mod demo;
 pub mod kubelet;
+pub mod pdb;
 pub mod scenario;
 pub mod scheduler;
