@@ -48,6 +48,10 @@ pub struct DisruptionConfig {
     /// what-if does not count room the moved pods are about to take; and nodes younger than
     /// this (since Initialized) are not disrupted voluntarily.
     pub settle: std::time::Duration,
+    /// Voluntary decisions (and the facts they need) are made at most this often; jobs and
+    /// interruptions are still handled every tick. Karpenter polls every 10 s; zero decides on
+    /// every tick.
+    pub decide_every: std::time::Duration,
 }
 
 impl Default for DisruptionConfig {
@@ -56,6 +60,7 @@ impl Default for DisruptionConfig {
             decide: DecideConfig::default(),
             exec: ExecConfig::default(),
             settle: std::time::Duration::from_secs(120),
+            decide_every: std::time::Duration::ZERO,
         }
     }
 }
@@ -272,6 +277,7 @@ pub struct Disruption {
     executor: Executor,
     source: Option<Arc<dyn InterruptionSource>>,
     churn: PodChurn,
+    last_decided: Option<jiff::Timestamp>,
 }
 
 impl Disruption {
@@ -292,6 +298,7 @@ impl Disruption {
             executor,
             source: None,
             churn: PodChurn::default(),
+            last_decided: None,
         }
     }
 
@@ -332,6 +339,17 @@ impl Disruption {
             }
         };
         self.executor.prune();
+        let events = match &self.source {
+            Some(s) => s.poll().await,
+            None => Vec::new(),
+        };
+        let due = self.last_decided.is_none_or(|t| {
+            now.duration_since(t).as_secs_f64() >= self.config.decide_every.as_secs_f64()
+        });
+        if !due && events.is_empty() {
+            // Between decision rounds only the running jobs move.
+            return self.advance_jobs(report, now).await;
+        }
         let busy = self.executor.busy_nodes();
         let mut facts = facts(
             &snapshot,
@@ -343,10 +361,6 @@ impl Disruption {
         );
 
         // Interruptions first: the instance goes whatever the budgets say.
-        let events = match &self.source {
-            Some(s) => s.poll().await,
-            None => Vec::new(),
-        };
         report.interruptions = events.len();
         for ev in events {
             let Some(idx) = facts.nodes.iter().position(|n| {
@@ -383,6 +397,10 @@ impl Disruption {
         }
 
         // Voluntary disruption, off the async threads.
+        if !due {
+            return self.advance_jobs(report, now).await;
+        }
+        self.last_decided = Some(now);
         let mut config = self.config.decide;
         let settling = !snapshot.pending.is_empty()
             && self.executor.last_move_done().is_some_and(|t| {
@@ -414,6 +432,15 @@ impl Disruption {
             }
             Err(e) => warn!(error = %e, "disruption decision task failed"),
         }
+        self.advance_jobs(report, now).await
+    }
+
+    /// Advances every job on a fresh snapshot and fills in the report's counters.
+    async fn advance_jobs(
+        &mut self,
+        mut report: DisruptionReport,
+        now: jiff::Timestamp,
+    ) -> DisruptionReport {
         let fresh = self.state.load();
         self.executor.tick(&fresh, now).await;
         report.stats = self.executor.stats().clone();

@@ -657,7 +657,11 @@ fn controllers(
         cloud.clone(),
         app.cluster.clone(),
         inflight,
-        DisruptionConfig::default(),
+        DisruptionConfig {
+            // Karpenter's polling period; jobs still advance every tick.
+            decide_every: Duration::from_secs(10),
+            ..Default::default()
+        },
     )
     .with_interruptions(interruptions.clone());
     (provisioner, lifecycle, disruption)
