@@ -352,8 +352,9 @@ impl Simulation {
         }
     }
 
-    /// Injects the next spot interruption when it is due: on the spot node holding the most
-    /// workload pods that is not already being disrupted.
+    /// Injects the next spot interruption when it is due, on the spot node that is hardest on
+    /// the budgets: the most pods under a PodDisruptionBudget, then the most workload pods (a
+    /// node already being disrupted is skipped).
     pub(super) fn inject_interruptions(&mut self, now: jiff::Timestamp) {
         let Some(p2) = self.phase2.as_mut() else {
             return;
@@ -362,6 +363,7 @@ impl Simulation {
             return;
         }
         let snap = self.app.cluster.load();
+        let budgets: Vec<_> = self.cluster.read(|s| s.pdbs.values().cloned().collect());
         let hit: HashSet<&str> = p2.interrupted.iter().map(|i| i.node.as_str()).collect();
         let target = snap
             .nodes
@@ -380,15 +382,21 @@ impl Simulation {
                     })
             })
             .filter_map(|n| {
-                let pods = snap
+                let pods: Vec<&Arc<Pod>> = snap
                     .pods_by_node
-                    .get(&n.name)
-                    .map_or(0, |ps| ps.iter().filter(|p| evictable(p)).count());
+                    .get(&n.name)?
+                    .iter()
+                    .filter(|p| evictable(p))
+                    .collect();
+                let covered = pods
+                    .iter()
+                    .filter(|p| budgets.iter().any(|b| crate::sim::pdb::covers(b, p)))
+                    .count();
                 let id = n
                     .provider_id
                     .as_deref()
                     .and_then(instance_id_from_provider_id)?;
-                (pods > 0).then(|| (pods, n.name.clone(), id.to_string()))
+                (!pods.is_empty()).then(|| ((covered, pods.len()), n.name.clone(), id.to_string()))
             })
             .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
         // No spot node with pods right now: try again next tick.
