@@ -406,3 +406,47 @@ spec:
     assert!(d.pdb_violations > 0, "{d:#?}");
     assert!(d.evictions_refused > 0, "{d:#?}");
 }
+
+/// Crash-restarts during phase 2: every restart loses the disruption executor's jobs, which live
+/// in memory. The new controller must resume interrupted drains and restore nodes a lost job left
+/// tainted, so the end state matches a run without restarts: consolidated, no node left
+/// `gantry.dev/disrupted`, no PDB violation, no leak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_during_scale_down_resume_or_restore_lost_jobs() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let s = scenario::parse(&format!("{SCENARIO}{BUDGETS}")).unwrap();
+    let mut sim = Simulation::start(&s, &args(), None).await.unwrap();
+    run_to_end(&mut sim, |_, _| {}).await;
+    sim.begin_scale_down(&s, ScaleDown::default());
+    sim.advance();
+    let mut restarts = 0;
+    run_to_end(&mut sim, |sim, tick| {
+        if tick % 13 == 5 && tick < 400 {
+            sim.restart_controllers();
+            restarts += 1;
+        }
+    })
+    .await;
+    let snap = sim.state().load();
+    let tainted: Vec<String> = snap
+        .nodes
+        .values()
+        .filter(|n| n.has_taint("gantry.dev/disrupted"))
+        .map(|n| n.name.clone())
+        .collect();
+    let r = sim.finish().await;
+    let d = r.scale_down.clone().expect("phase 2 ran");
+    assert!(restarts > 20);
+    assert!(tainted.is_empty(), "left disrupting: {tainted:?}");
+    assert!(d.consolidated, "{d:#?}");
+    assert_eq!(d.pdb_violations, 0, "{d:#?}");
+    assert_eq!(d.interruptions_handled, 3, "{d:#?}");
+    assert!(
+        d.interruption_drain_seconds_max < 120.0,
+        "an interrupted node outlived its warning: {d:#?}"
+    );
+    assert!(d.cost_per_hour_after < d.cost_per_hour_before, "{d:#?}");
+    assert_eq!(d.pods_bound, d.pods_total, "{d:#?}");
+    assert_eq!(r.leaked_instances, 0, "{r:#?}");
+    assert_eq!(r.pods_bound_to_gated_nodes, 0);
+}

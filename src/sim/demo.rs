@@ -474,6 +474,9 @@ impl Simulation {
     /// from the objects persisted in the cluster. Queued interruption notices survive, as
     /// messages in an SQS queue would.
     pub fn restart_controllers(&mut self) {
+        if let Some(p2) = self.phase2.as_mut() {
+            p2.carry_stats(self.disruption.executor().stats());
+        }
         let (p, l, d) = controllers(
             &self.app,
             &self.cluster,

@@ -25,8 +25,7 @@ use serde::Serialize;
 use super::{DemoArgs, Fleet, Simulation};
 use crate::cloud::instance_id_from_provider_id;
 use crate::disruption::Disruption;
-use crate::disruption::decide::Reason;
-use crate::disruption::execute::evictable;
+use crate::disruption::execute::{ExecStats, evictable};
 use crate::disruption::interruption::{InterruptionEvent, InterruptionKind};
 use crate::kube::crd::conditions;
 use crate::model::Catalog;
@@ -113,8 +112,8 @@ pub struct ScaleDownReport {
     pub nodes_after: usize,
     /// Nodes alive when phase 2 began and gone at the end.
     pub nodes_removed: usize,
-    /// Nodes launched during phase 2 (replacements and provisioner launches) still alive at the end.
-    pub nodes_launched: usize,
+    /// Nodes added during phase 2 (replacements and provisioner launches) still there at the end.
+    pub nodes_added: usize,
     /// Replacement NodeClaims the disruption executor launched (interruptions, cheaper types).
     pub replacements_launched: u64,
     /// USD/hour when phase 2 began.
@@ -143,7 +142,7 @@ pub struct ScaleDownReport {
     pub decisions_failed: u64,
     /// Spot interruption warnings injected.
     pub interruptions_injected: usize,
-    /// Of those, answered by a replacement and drain.
+    /// Of those, whose node was drained (every workload pod moved off) before the end.
     pub interruptions_handled: usize,
     /// The longest time from a warning to its node holding no workload pod, virtual seconds
     /// (AWS reclaims the instance 120 s after the warning).
@@ -183,6 +182,8 @@ pub(super) struct Phase2 {
     last_activity: jiff::Timestamp,
     active_jobs: usize,
     recreated: u64,
+    /// Executor counters of controllers replaced by a restart.
+    carried: ExecStats,
 }
 
 fn after(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
@@ -341,6 +342,7 @@ impl Simulation {
             last_activity: now,
             active_jobs: 0,
             recreated: 0,
+            carried: ExecStats::default(),
         });
         if !self.quiet {
             let _ = writeln!(
@@ -436,9 +438,6 @@ impl Simulation {
                 .decisions
                 .entry(d.reason.as_str().to_string())
                 .or_default() += 1;
-            if d.reason == Reason::Interrupted && d.urgent {
-                p2.report.interruptions_handled += 1;
-            }
         }
         p2.active_jobs = r.active_jobs;
         if !r.started.is_empty() || r.active_jobs > 0 {
@@ -466,6 +465,12 @@ impl Simulation {
 }
 
 impl Phase2 {
+    /// Keeps the counters of a disruption controller about to be replaced by a restart.
+    pub(super) fn carry_stats(&mut self, stats: &ExecStats) {
+        self.carried.launched += stats.launched;
+        self.carried.failed += stats.failed;
+    }
+
     /// Whether phase 2 is over: `settled` (nothing pending, every claim initialized), every
     /// interruption injected, no job running, and quiet for `plan.quiet`.
     pub(super) fn done(
@@ -528,13 +533,13 @@ impl Phase2 {
             .iter()
             .filter(|c| !after.contains(c))
             .count();
-        r.nodes_launched = after
+        r.nodes_added = after
             .iter()
             .filter(|c| !self.claims_before.contains(c.as_str()))
             .count();
         let stats = disruption.executor().stats();
-        r.replacements_launched = stats.launched;
-        r.decisions_failed = stats.failed;
+        r.replacements_launched = self.carried.launched + stats.launched;
+        r.decisions_failed = self.carried.failed + stats.failed;
         let c = cluster.read(|s| s.counters.clone());
         let b = &self.counters_before;
         r.evictions = c.evictions - b.evictions;
@@ -557,6 +562,11 @@ impl Phase2 {
                 r.max_unscheduled_seconds = r.max_unscheduled_seconds.max(waited);
             }
         }
+        r.interruptions_handled = self
+            .interrupted
+            .iter()
+            .filter(|i| i.drained_after.is_some())
+            .count();
         r.interruption_drain_seconds_max = self
             .interrupted
             .iter()
@@ -593,8 +603,8 @@ pub fn render(d: &ScaleDownReport) -> String {
         0.0
     };
     s.push_str(&format!(
-        "nodes: {} -> {}   removed {}, launched {} ({} replacements)\n",
-        d.nodes_before, d.nodes_after, d.nodes_removed, d.nodes_launched, d.replacements_launched
+        "nodes: {} -> {}   removed {}, added {}   replacements launched: {}\n",
+        d.nodes_before, d.nodes_after, d.nodes_removed, d.nodes_added, d.replacements_launched
     ));
     s.push_str(&format!(
         "cost: ${:.3}/h -> ${:.3}/h   lower bound after ${:.3}/h   ratio {:.3}\n",
