@@ -26,16 +26,16 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use crate::cloud::{CloudProvider, instance_id_from_provider_id};
-use crate::kube::api::ClusterApi;
+use crate::kube::api::{ClusterApi, NodePatch};
 use crate::kube::crd::{NodeClaim, conditions};
 use crate::model::labels::{
-    CAPACITY_TYPE, DO_NOT_DISRUPT, INSTANCE_TYPE, NODEPOOL, ZONE, canonical_key,
+    CAPACITY_TYPE, DO_NOT_DISRUPT, INSTANCE_TYPE, NODEPOOL, TAINT_DISRUPTED, ZONE, canonical_key,
 };
 use crate::model::{CapacityType, Catalog, NodePoolView, PodDemand};
 use crate::provision::input;
 use crate::provision::launch::InFlight;
 use crate::state::{ClusterSnapshot, SharedState};
-use decide::{DecideConfig, DecideInput, Decision, NodeFacts, PoolPolicy};
+use decide::{DecideConfig, DecideInput, Decision, NodeFacts, PoolPolicy, Reason};
 use execute::{ExecConfig, ExecStats, Executor, evictable};
 use interruption::InterruptionSource;
 
@@ -50,6 +50,10 @@ pub struct DisruptionConfig {
     /// what-if does not count room the moved pods are about to take; and nodes younger than
     /// this (since Initialized) are not disrupted voluntarily.
     pub settle: std::time::Duration,
+    /// Voluntary decisions (and the facts they need) are made at most this often; jobs and
+    /// interruptions are still handled every tick. Karpenter polls every 10 s; zero decides on
+    /// every tick.
+    pub decide_every: std::time::Duration,
 }
 
 impl Default for DisruptionConfig {
@@ -58,6 +62,7 @@ impl Default for DisruptionConfig {
             decide: DecideConfig::default(),
             exec: ExecConfig::default(),
             settle: std::time::Duration::from_secs(120),
+            decide_every: std::time::Duration::ZERO,
         }
     }
 }
@@ -274,6 +279,7 @@ pub struct Disruption {
     executor: Executor,
     source: Option<Arc<dyn InterruptionSource>>,
     churn: PodChurn,
+    last_decided: Option<jiff::Timestamp>,
 }
 
 impl Disruption {
@@ -294,6 +300,7 @@ impl Disruption {
             executor,
             source: None,
             churn: PodChurn::default(),
+            last_decided: None,
         }
     }
 
@@ -334,6 +341,17 @@ impl Disruption {
             }
         };
         self.executor.prune();
+        let events = match &self.source {
+            Some(s) => s.poll().await,
+            None => Vec::new(),
+        };
+        let due = self.last_decided.is_none_or(|t| {
+            now.duration_since(t).as_secs_f64() >= self.config.decide_every.as_secs_f64()
+        });
+        if !due && events.is_empty() {
+            // Between decision rounds only the running jobs move.
+            return self.advance_jobs(report, now).await;
+        }
         let busy = self.executor.busy_nodes();
         let mut facts = facts(
             &snapshot,
@@ -345,10 +363,6 @@ impl Disruption {
         );
 
         // Interruptions first: the instance goes whatever the budgets say.
-        let events = match &self.source {
-            Some(s) => s.poll().await,
-            None => Vec::new(),
-        };
         report.interruptions = events.len();
         for ev in events {
             if !ev.kind.actionable() {
@@ -391,6 +405,12 @@ impl Disruption {
         }
 
         // Voluntary disruption, off the async threads.
+        if !due {
+            return self.advance_jobs(report, now).await;
+        }
+        self.last_decided = Some(now);
+        self.recover(&snapshot, &mut facts, &catalog, now, &mut report)
+            .await;
         let mut config = self.config.decide;
         let settling = !snapshot.pending.is_empty()
             && self.executor.last_move_done().is_some_and(|t| {
@@ -422,6 +442,111 @@ impl Disruption {
             }
             Err(e) => warn!(error = %e, "disruption decision task failed"),
         }
+        self.advance_jobs(report, now).await
+    }
+
+    /// Picks up nodes left half-disrupted by a previous controller (a restart or a leader
+    /// change loses the executor's jobs, which live in memory): a node tainted
+    /// `gantry.dev/disrupted` or with a `Disrupting=True` claim, that no job holds and whose claim
+    /// exists and is not being deleted. An interruption (condition reason `Interrupted`) is
+    /// resumed as an urgent replacement and drain, since the instance is still going away;
+    /// anything else is restored (taint removed, `Disrupting=False`, reason `Recovered`) and
+    /// judged afresh by later rounds.
+    async fn recover(
+        &mut self,
+        snapshot: &ClusterSnapshot,
+        facts: &mut Facts,
+        catalog: &Catalog,
+        now: jiff::Timestamp,
+        report: &mut DisruptionReport,
+    ) {
+        let busy = self.executor.busy_nodes();
+        for idx in 0..facts.nodes.len() {
+            let Some(n) = facts.nodes.get(idx) else {
+                continue;
+            };
+            let name = n.view.name.clone();
+            let Some(claim) = claim_of(snapshot, &name) else {
+                continue;
+            };
+            let tainted = snapshot
+                .node(&name)
+                .is_some_and(|v| v.has_taint(TAINT_DISRUPTED));
+            let marked = claim.is_condition_true(conditions::DISRUPTING);
+            if busy.contains(&name)
+                || claim.metadata.deletion_timestamp.is_some()
+                || !(tainted || marked)
+            {
+                continue;
+            }
+            let interrupted = claim
+                .status
+                .as_ref()
+                .and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == conditions::DISRUPTING)
+                })
+                .and_then(|c| c.reason.as_deref())
+                == Some(Reason::Interrupted.as_str());
+            if interrupted {
+                if let Some(n) = facts.nodes.get_mut(idx) {
+                    n.disrupting = false;
+                }
+                let input = DecideInput {
+                    nodes: &facts.nodes,
+                    policies: &facts.policies,
+                    pools: &facts.pools,
+                    catalog,
+                    config: self.config.decide,
+                    now,
+                };
+                let decision = decide::interruption(&input, idx, true);
+                if let Some(n) = facts.nodes.get_mut(idx) {
+                    n.disrupting = true;
+                }
+                if let Some(d) = decision {
+                    info!(node = %name, "resuming an interrupted node's drain after a restart");
+                    if self.executor.start(d.clone(), snapshot, now) {
+                        report.started.push(d);
+                    }
+                    continue;
+                }
+            }
+            info!(node = %name, "restoring a node a previous controller left disrupting");
+            let patch = NodePatch {
+                remove_taints: vec![TAINT_DISRUPTED.to_string()],
+                ..Default::default()
+            };
+            if let Err(e) = self.cluster.patch_node(&name, &patch).await {
+                warn!(node = %name, error = %e, "cannot remove the disrupted taint");
+                continue;
+            }
+            let mut status = claim.status.clone().unwrap_or_default();
+            crate::provision::launch::set_condition(
+                &mut status,
+                conditions::DISRUPTING,
+                false,
+                "Recovered",
+                now,
+            );
+            let claim_name = claim.metadata.name.clone().unwrap_or_default();
+            if let Err(e) = self
+                .cluster
+                .update_nodeclaim_status(&claim_name, &status)
+                .await
+            {
+                warn!(nodeclaim = %claim_name, error = %e, "cannot clear Disrupting");
+            }
+        }
+    }
+
+    /// Advances every job on a fresh snapshot and fills in the report's counters.
+    async fn advance_jobs(
+        &mut self,
+        mut report: DisruptionReport,
+        now: jiff::Timestamp,
+    ) -> DisruptionReport {
         let fresh = self.state.load();
         self.executor.tick(&fresh, now).await;
         report.stats = self.executor.stats().clone();
@@ -679,6 +804,56 @@ spec:
         assert_eq!(r.interruptions, 1);
         assert!(r.started.is_empty(), "{:?}", r.started);
         assert_eq!(r.stats.launched, 0);
+    }
+
+    /// A restarted controller has no jobs: a node a lost job left tainted is restored, and an
+    /// interrupted one is drained again at once.
+    #[tokio::test]
+    async fn lost_jobs_are_resumed_or_restored() {
+        let w = world(&[7, 7, 3], None).await;
+        for (node, claim, reason) in [
+            ("n1", "default-1", "Underutilized"),
+            ("n2", "default-2", "Interrupted"),
+        ] {
+            let patch = NodePatch {
+                add_taints: vec![crate::model::Taint::new(
+                    TAINT_DISRUPTED,
+                    "true",
+                    crate::model::Effect::NoSchedule,
+                )],
+                ..Default::default()
+            };
+            w.cluster.patch_node(node, &patch).await.unwrap();
+            let mut status = w.cluster.read(|s| s.claims[claim].status.clone().unwrap());
+            set_condition(&mut status, conditions::DISRUPTING, true, reason, t0());
+            w.cluster
+                .update_nodeclaim_status(claim, &status)
+                .await
+                .unwrap();
+        }
+        let mut d = controller(&w);
+        let r = d.tick(t0()).await;
+        let tainted = |node: &str| {
+            w.cluster.read(|s| {
+                s.nodes[node]
+                    .spec
+                    .as_ref()
+                    .and_then(|sp| sp.taints.as_ref())
+                    .is_some_and(|t| t.iter().any(|t| t.key == TAINT_DISRUPTED))
+            })
+        };
+        assert!(!tainted("n1"), "the lost voluntary job's node is restored");
+        let claim1 = w.cluster.read(|s| s.claims["default-1"].clone());
+        assert!(!claim1.is_condition_true(conditions::DISRUPTING));
+        let resumed: Vec<_> = r
+            .started
+            .iter()
+            .filter(|d| d.reason == Reason::Interrupted)
+            .collect();
+        assert_eq!(resumed.len(), 1, "{:?}", r.started);
+        assert!(resumed[0].urgent);
+        assert_eq!(resumed[0].command.nodes(), ["n2".to_string()]);
+        assert_eq!(r.stats.evictions, 3, "n2 drained at once");
     }
 
     /// The whole loop on the simulation: the lifecycle controller and the fake kubelet bring

@@ -55,8 +55,10 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let report = rt.block_on(gantry::sim::demo::run(&args))?;
             print!("{}", gantry::sim::demo::render(&report));
-            if report.leaked_instances > 0 || report.pods_bound_to_gated_nodes > 0 {
-                anyhow::bail!("the demo broke an invariant (leaks or gated binds)");
+            let violations = report.scale_down.as_ref().map_or(0, |d| d.pdb_violations);
+            if report.leaked_instances > 0 || report.pods_bound_to_gated_nodes > 0 || violations > 0
+            {
+                anyhow::bail!("the demo broke an invariant (leaks, gated binds or PDB violations)");
             }
             Ok(())
         }

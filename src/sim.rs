@@ -5,5 +5,6 @@ pub mod cluster;
 pub mod demo;
 pub mod ec2;
 pub mod kubelet;
+pub mod pdb;
 pub mod scenario;
 pub mod scheduler;

@@ -11,7 +11,7 @@ use gantry::cloud::sim::{SimCloud, SimFault};
 use gantry::cloud::{CloudError, CloudProvider, Instance};
 use gantry::kube::crd::{EC2NodeClass, NodeClaim};
 use gantry::model::{CapacityType, Catalog, OfferingKey};
-use gantry::sim::demo::{DemoArgs, Simulation};
+use gantry::sim::demo::{DemoArgs, ScaleDown, Simulation};
 use gantry::sim::scenario;
 
 const SCENARIO: &str = r#"
@@ -72,6 +72,24 @@ spec:
   template:
     spec:
       containers: [{name: c, image: c, resources: {requests: {cpu: "2", memory: 4Gi}}}]
+"#;
+
+/// Budgets over the scenario's services: web loses at most 10% at once, api one pod at a time.
+const BUDGETS: &str = r#"
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: shop}
+spec:
+  maxUnavailable: 10%
+  selector: {matchLabels: {app: web}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: api, namespace: shop}
+spec:
+  maxUnavailable: 1
+  selector: {matchLabels: {app: api}}
 "#;
 
 fn args() -> DemoArgs {
@@ -287,4 +305,148 @@ async fn crashes_never_double_buy_or_leak() {
             "live instance for unknown claim {claim}"
         );
     }
+}
+
+/// Phase 2 of the demo on the small scenario: the Deployments lose 70% of their pods, three spot
+/// nodes get interruption warnings, and the disruption controller consolidates under the PDBs.
+/// Violations are counted by the simulated API server at every pod removal, apart from the
+/// executor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_consolidates_under_pdbs_through_spot_interruptions() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let s = scenario::parse(&format!("{SCENARIO}{BUDGETS}")).unwrap();
+    assert_eq!(s.pdbs.len(), 2);
+    let mut sim = Simulation::start(&s, &args(), None).await.unwrap();
+    run_to_end(&mut sim, |_, _| {}).await;
+    assert!(
+        sim.state().load().pending.is_empty(),
+        "the burst never settled"
+    );
+    sim.begin_scale_down(
+        &s,
+        ScaleDown {
+            max_time: std::time::Duration::from_secs(1800),
+            ..Default::default()
+        },
+    );
+    let budget_floor = |sim: &Simulation| {
+        ["shop/web", "shop/api"]
+            .map(|k| sim.cluster.pdb_status(k).unwrap())
+            .into_iter()
+            .all(|st| st.disruptions_allowed >= 0)
+    };
+    sim.advance();
+    run_to_end(&mut sim, |sim, _| assert!(budget_floor(sim))).await;
+    let cloud = sim.sim_cloud.clone();
+    let r = sim.finish().await;
+    let d = r.scale_down.clone().expect("phase 2 ran");
+    assert_eq!(d.pdb_violations, 0, "{d:#?}");
+    assert_eq!(d.pods_removed_with_node, 0, "a drain was forced: {d:#?}");
+    assert!(d.consolidated, "{d:#?}");
+    assert!(d.nodes_removed > 0, "{d:#?}");
+    assert!(d.cost_per_hour_after < d.cost_per_hour_before, "{d:#?}");
+    assert_eq!(d.pods_bound, d.pods_total, "{d:#?}");
+    assert_eq!(d.pods_deleted, 63 + 17, "70% of web (90) and api (24)");
+    assert_eq!((d.interruptions_injected, d.interruptions_handled), (3, 3));
+    assert!(d.evictions > 0, "{d:#?}");
+    assert_eq!(d.decisions_failed, 0, "{d:#?}");
+    assert_eq!(r.leaked_instances, 0, "{r:#?}");
+    assert_eq!(r.pods_bound_to_gated_nodes, 0);
+    // Every live instance belongs to a NodeClaim, one each.
+    for (claim, n) in alive_per_claim(&cloud) {
+        assert_eq!(n, 1, "nodeclaim {claim} has {n} live instances");
+    }
+}
+
+/// The violation count does not trust the executor: with a budget that allows nothing and a
+/// pool whose `terminationGracePeriod` forces drains after 1 s, an interrupted node's pods go
+/// with it, and the simulated API server counts each healthy one as a violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_drains_past_a_budget_are_counted_as_violations() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let strict = r#"
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: shop}
+spec:
+  minAvailable: 100%
+  selector: {matchLabels: {app: web}}
+"#;
+    let text = format!("{SCENARIO}{strict}").replace(
+        "      nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}\n",
+        "      nodeClassRef: {group: karpenter.k8s.aws, kind: EC2NodeClass, name: default}\n      terminationGracePeriod: 1s\n",
+    );
+    let s = scenario::parse(&text).unwrap();
+    assert_eq!(
+        s.nodepools[0]
+            .spec
+            .template
+            .spec
+            .termination_grace_period
+            .as_deref(),
+        Some("1s")
+    );
+    let mut sim = Simulation::start(&s, &args(), None).await.unwrap();
+    run_to_end(&mut sim, |_, _| {}).await;
+    sim.begin_scale_down(
+        &s,
+        ScaleDown {
+            interruptions: 1,
+            max_time: std::time::Duration::from_secs(300),
+            ..Default::default()
+        },
+    );
+    sim.advance();
+    run_to_end(&mut sim, |_, _| {}).await;
+    let r = sim.finish().await;
+    let d = r.scale_down.expect("phase 2 ran");
+    assert_eq!(d.interruptions_handled, 1, "{d:#?}");
+    assert!(d.pods_removed_with_node > 0, "{d:#?}");
+    assert!(d.pdb_violations > 0, "{d:#?}");
+    assert!(d.evictions_refused > 0, "{d:#?}");
+}
+
+/// Crash-restarts during phase 2: every restart loses the disruption executor's jobs, which live
+/// in memory. The new controller must resume interrupted drains and restore nodes a lost job left
+/// tainted, so the end state matches a run without restarts: consolidated, no node left
+/// `gantry.dev/disrupted`, no PDB violation, no leak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_during_scale_down_resume_or_restore_lost_jobs() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let s = scenario::parse(&format!("{SCENARIO}{BUDGETS}")).unwrap();
+    let mut sim = Simulation::start(&s, &args(), None).await.unwrap();
+    run_to_end(&mut sim, |_, _| {}).await;
+    sim.begin_scale_down(&s, ScaleDown::default());
+    sim.advance();
+    let mut restarts = 0;
+    run_to_end(&mut sim, |sim, tick| {
+        if tick % 13 == 5 && tick < 400 {
+            sim.restart_controllers();
+            restarts += 1;
+        }
+    })
+    .await;
+    let snap = sim.state().load();
+    let tainted: Vec<String> = snap
+        .nodes
+        .values()
+        .filter(|n| n.has_taint("gantry.dev/disrupted"))
+        .map(|n| n.name.clone())
+        .collect();
+    let r = sim.finish().await;
+    let d = r.scale_down.clone().expect("phase 2 ran");
+    assert!(restarts > 20);
+    assert!(tainted.is_empty(), "left disrupting: {tainted:?}");
+    assert!(d.consolidated, "{d:#?}");
+    assert_eq!(d.pdb_violations, 0, "{d:#?}");
+    assert_eq!(d.interruptions_handled, 3, "{d:#?}");
+    assert!(
+        d.interruption_drain_seconds_max < 120.0,
+        "an interrupted node outlived its warning: {d:#?}"
+    );
+    assert!(d.cost_per_hour_after < d.cost_per_hour_before, "{d:#?}");
+    assert_eq!(d.pods_bound, d.pods_total, "{d:#?}");
+    assert_eq!(r.leaked_instances, 0, "{r:#?}");
+    assert_eq!(r.pods_bound_to_gated_nodes, 0);
 }

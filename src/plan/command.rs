@@ -280,6 +280,8 @@ pub fn parse_manifests(texts: &[(String, String)]) -> Result<Manifests, PlanComm
                         class_max_pods.insert(name, mp);
                     }
                 }
+                // Budgets limit evictions, not placement: nothing to plan (the demo reads them).
+                "PodDisruptionBudget" => {}
                 "" => return Err(doc_err("has no kind".to_string())),
                 other => {
                     return Err(doc_err(format!(

@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, PodStatus, Taint as K8sTaint};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::disruption::execute;
 use crate::kube::api::{ClusterApi, ClusterError, EventRecord, NodePatch};
 use crate::kube::crd::{EC2NodeClass, NodeClaim, NodeClaimStatus, NodePool};
 use crate::kube::views::node_view;
 use crate::kube::watch::index_pod;
 use crate::model::labels::TERMINATION_FINALIZER;
+use crate::sim::pdb::{self, EvictionVerdict};
 use crate::state::{ClusterIndex, DemandLedger, SharedState};
 
 /// Counters the demo reports.
@@ -29,6 +32,11 @@ pub struct SimCounters {
     pub evictions_blocked: u64,
     /// Events recorded.
     pub events: u64,
+    /// Healthy pods covered by a PodDisruptionBudget that allowed no disruption, removed anyway
+    /// (by an eviction or with their node). Counted here, at the removal, whatever asked for it.
+    pub pdb_violations: u64,
+    /// Workload pods (not DaemonSet pods) deleted because their node was deleted.
+    pub pods_removed_with_node: u64,
 }
 
 /// The object store behind [`SimCluster`].
@@ -54,6 +62,13 @@ pub struct SimStore {
     pub counters: SimCounters,
     /// Evictions a test wants refused, by `namespace/name`, with how many more times.
     pub refuse_evictions: BTreeMap<String, u32>,
+    /// PodDisruptionBudgets by `namespace/name`; the Eviction API honours them.
+    pub pdbs: BTreeMap<String, PodDisruptionBudget>,
+    /// Desired replicas by controller UID: the scale PDBs with `maxUnavailable` or a percentage
+    /// count against (the sim has no ReplicaSet objects to read it from).
+    pub scales: BTreeMap<String, i32>,
+    /// How long after it starts a bound pod turns Ready (its readiness probe); zero is at once.
+    pub pod_ready_delay: Duration,
     index: ClusterIndex,
     seq: u64,
     dirty: bool,
@@ -153,9 +168,56 @@ impl SimCluster {
         self.lock().now
     }
 
-    /// Advances virtual time (reservations expire by it).
+    /// Advances virtual time (reservations expire by it, and started pods turn Ready).
     pub fn set_now(&self, now: jiff::Timestamp) {
-        self.mutate(|s| s.now = now);
+        let ledger = self.ledger.clone();
+        self.mutate(|s| {
+            s.now = now;
+            let delay = jiff::SignedDuration::try_from(s.pod_ready_delay).unwrap_or_default();
+            let due: Vec<String> = s
+                .pods
+                .iter()
+                .filter(|(_, p)| !pdb::ready(p) && started_before(p, now - delay))
+                .map(|(u, _)| u.clone())
+                .collect();
+            let t = s.time();
+            for uid in due {
+                if let Some(pod) = s.pods.get_mut(&uid) {
+                    let status = pod.status.get_or_insert_with(PodStatus::default);
+                    set_pod_condition(status, "Ready", "True", None, t.clone());
+                    let pod = pod.clone();
+                    index_pod(&mut s.index, &ledger, &pod, now);
+                }
+            }
+        });
+    }
+
+    /// Sets how long bound pods take to turn Ready (PDBs count only Ready pods).
+    pub fn set_pod_ready_delay(&self, delay: Duration) {
+        self.mutate(|s| s.pod_ready_delay = delay);
+    }
+
+    /// Creates or replaces a PodDisruptionBudget.
+    pub fn put_pdb(&self, budget: PodDisruptionBudget) {
+        self.mutate(|s| {
+            s.pdbs.insert(pdb::key(&budget), budget);
+        });
+    }
+
+    /// Sets a controller's desired replicas (by its UID), as scaling its ReplicaSet would.
+    pub fn set_scale(&self, controller_uid: &str, replicas: i32) {
+        self.mutate(|s| {
+            s.scales.insert(controller_uid.to_string(), replicas);
+        });
+    }
+
+    /// A budget's status now, as `kubectl get pdb` would show it.
+    pub fn pdb_status(&self, key: &str) -> Option<pdb::PdbStatus> {
+        self.read(|s| {
+            s.pdbs
+                .get(key)
+                .map(|b| pdb::status(b, s.pods.values(), &s.scales))
+        })
     }
 
     /// The snapshot readers see.
@@ -224,7 +286,13 @@ impl SimCluster {
             let status = pod.status.get_or_insert_with(PodStatus::default);
             status.phase = Some("Running".into());
             status.start_time = Some(t.clone());
-            set_pod_condition(status, "PodScheduled", "True", None, t);
+            set_pod_condition(status, "PodScheduled", "True", None, t.clone());
+            let ready = if s.pod_ready_delay.is_zero() {
+                "True"
+            } else {
+                "False"
+            };
+            set_pod_condition(status, "Ready", ready, None, t);
             let pod = pod.clone();
             index_pod(&mut s.index, &ledger, &pod, now);
             Ok(())
@@ -299,6 +367,17 @@ impl SimCluster {
     pub fn nodeclaims(&self) -> Vec<NodeClaim> {
         self.read(|s| s.claims.values().cloned().collect())
     }
+}
+
+/// Whether a bound pod started at or before `t`.
+fn started_before(pod: &Pod, t: jiff::Timestamp) -> bool {
+    let bound = pod.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+    bound
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .is_some_and(|st| st.0 <= t)
 }
 
 fn set_pod_condition(
@@ -454,6 +533,14 @@ impl ClusterApi for SimCluster {
                 .map(|(u, _)| u.clone())
                 .collect();
             for uid in orphans {
+                if let Some(pod) = s.pods.get(&uid)
+                    && execute::evictable(pod)
+                {
+                    s.counters.pods_removed_with_node += 1;
+                    if pdb::removal_violates(pod, s.pdbs.values(), s.pods.values(), &s.scales) {
+                        s.counters.pdb_violations += 1;
+                    }
+                }
                 s.pods.remove(&uid);
                 s.index.delete_pod(&uid);
                 ledger.remove(&uid);
@@ -484,6 +571,26 @@ impl ClusterApi for SimCluster {
             let Some(uid) = uid else {
                 return Ok(());
             };
+            let Some(pod) = s.pods.get(&uid) else {
+                return Ok(());
+            };
+            match pdb::eviction_verdict(pod, s.pdbs.values(), s.pods.values(), &s.scales) {
+                EvictionVerdict::Allowed { .. } => {}
+                EvictionVerdict::Refused(budget) => {
+                    s.counters.evictions_blocked += 1;
+                    return Err(ClusterError::Blocked(format!("{key} (budget {budget})")));
+                }
+                EvictionVerdict::Ambiguous(budgets) => {
+                    return Err(ClusterError::Api(format!(
+                        "pod {key} has more than one pod disruption budget: {}",
+                        budgets.join(", ")
+                    )));
+                }
+            }
+            // Checked apart from the verdict above, as for removals with a node.
+            if pdb::removal_violates(pod, s.pdbs.values(), s.pods.values(), &s.scales) {
+                s.counters.pdb_violations += 1;
+            }
             s.pods.remove(&uid);
             s.index.delete_pod(&uid);
             ledger.remove(&uid);
@@ -500,5 +607,94 @@ impl ClusterApi for SimCluster {
             }
             s.events.push(event);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> jiff::Timestamp {
+        "2026-01-05T09:00:00Z".parse().unwrap()
+    }
+
+    /// A node with three `web` pods of ReplicaSet `rs-web` (scale 3), and a budget over them.
+    fn cluster(budget: &str) -> Arc<SimCluster> {
+        let c = SimCluster::new(
+            t0(),
+            SharedState::new(),
+            DemandLedger::new(Duration::from_secs(600), 100),
+            Duration::from_secs(120),
+        );
+        c.put_node(serde_yaml::from_str("metadata: {name: n1}").unwrap());
+        for i in 0..3 {
+            let pod: Pod = serde_yaml::from_str(&format!(
+                r#"
+metadata:
+  name: web-{i}
+  namespace: shop
+  labels: {{app: web}}
+  ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: web, uid: rs-web, controller: true}}]
+spec: {{containers: [{{name: c}}]}}
+"#
+            ))
+            .unwrap();
+            let uid = c.add_pod(pod);
+            c.bind(&uid, "n1").unwrap();
+        }
+        c.flush();
+        c.set_scale("rs-web", 3);
+        c.put_pdb(serde_yaml::from_str(budget).unwrap());
+        c
+    }
+
+    #[tokio::test]
+    async fn eviction_honours_a_pod_disruption_budget() {
+        let c = cluster(
+            "metadata: {name: web, namespace: shop}\nspec: {maxUnavailable: 1, selector: {matchLabels: {app: web}}}",
+        );
+        assert_eq!(c.pdb_status("shop/web").unwrap().disruptions_allowed, 1);
+        c.evict_pod("shop", "web-0").await.unwrap();
+        // The ReplicaSet still wants 3: with 2 healthy, the budget allows nothing more (429).
+        assert_eq!(c.pdb_status("shop/web").unwrap().disruptions_allowed, 0);
+        let e = c.evict_pod("shop", "web-1").await.unwrap_err();
+        assert!(matches!(e, ClusterError::Blocked(_)), "{e:?}");
+        let counters = c.read(|s| s.counters.clone());
+        assert_eq!(
+            (
+                counters.evictions,
+                counters.evictions_blocked,
+                counters.pdb_violations
+            ),
+            (1, 1, 0)
+        );
+        // The replacement binds but is not Ready until its readiness delay has passed.
+        c.set_pod_ready_delay(Duration::from_secs(10));
+        let mut again: Pod = c.read(|s| s.pods.values().next().cloned().unwrap());
+        again.metadata.name = Some("web-0-r".into());
+        again.spec.as_mut().unwrap().node_name = None;
+        again.status = None;
+        let uid = c.add_pod(again);
+        c.bind(&uid, "n1").unwrap();
+        c.set_now(t0() + jiff::SignedDuration::from_secs(5));
+        assert!(matches!(
+            c.evict_pod("shop", "web-1").await,
+            Err(ClusterError::Blocked(_))
+        ));
+        c.set_now(t0() + jiff::SignedDuration::from_secs(10));
+        assert_eq!(c.pdb_status("shop/web").unwrap().disruptions_allowed, 1);
+        c.evict_pod("shop", "web-1").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pods_deleted_with_their_node_past_the_budget_are_violations() {
+        let c = cluster(
+            "metadata: {name: web, namespace: shop}\nspec: {minAvailable: 2, selector: {matchLabels: {app: web}}}",
+        );
+        // Three healthy, two must stay: the first pod may go, the next two break the budget.
+        c.delete_node("n1").await.unwrap();
+        let counters = c.read(|s| s.counters.clone());
+        assert_eq!(counters.pods_removed_with_node, 3);
+        assert_eq!(counters.pdb_violations, 2);
     }
 }

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cloud::CloudProvider;
 use crate::cloud::command::Ec2EndpointArgs;
 use crate::cloud::sim::{SimCloud, SimConfig};
+use crate::disruption::interruption::SimInterruptions;
+use crate::disruption::{Disruption, DisruptionConfig};
 use crate::extender::client::{Alpn, ExtenderClient, tls_config};
 use crate::extender::routes::RequestLimits;
 use crate::kube::crd::EC2NodeClass;
@@ -34,6 +36,9 @@ use crate::sim::cluster::SimCluster;
 use crate::sim::kubelet::{KubeletConfig, SimKubelet};
 use crate::sim::scenario::{self, Scenario};
 use crate::sim::scheduler::{SchedulerConfig, SchedulerStandIn};
+
+pub mod scale_down;
+pub use scale_down::{ScaleDown, ScaleDownReport};
 
 /// Which cloud the demo launches into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,6 +85,18 @@ pub struct DemoArgs {
     /// No progress lines on stderr.
     #[arg(long, env = "GANTRY_DEMO_QUIET")]
     pub quiet: bool,
+    /// Skip phase 2 (scale-down under PDBs, consolidation, spot interruptions).
+    #[arg(long, env = "GANTRY_DEMO_NO_SCALE_DOWN")]
+    pub no_scale_down: bool,
+    /// Phase 2: the share of each Deployment's pods deleted (0 to 1).
+    #[arg(long, env = "GANTRY_DEMO_SCALE_DOWN", default_value_t = 0.7, value_parser = scale_down::parse_fraction)]
+    pub scale_down: f64,
+    /// Phase 2: spot interruptions injected, one a minute.
+    #[arg(long, env = "GANTRY_DEMO_INTERRUPTIONS", default_value_t = 3)]
+    pub interruptions: usize,
+    /// Phase 2: stop after this much virtual time even if consolidation goes on.
+    #[arg(long, env = "GANTRY_DEMO_SCALE_DOWN_MAX_TIME", default_value = "30m", value_parser = crate::cli::parse_duration)]
+    pub scale_down_max_time: Duration,
 }
 
 impl Default for DemoArgs {
@@ -99,6 +116,10 @@ impl Default for DemoArgs {
             batch_max: Duration::from_secs(10),
             report_json: None,
             quiet: true,
+            no_scale_down: false,
+            scale_down: 0.7,
+            interruptions: 3,
+            scale_down_max_time: Duration::from_secs(1800),
         }
     }
 }
@@ -148,6 +169,8 @@ pub struct DemoReport {
     pub wall_seconds: f64,
     /// Planning rounds run.
     pub planning_rounds: usize,
+    /// Phase 2: scale-down, consolidation and interruptions (`null` when skipped).
+    pub scale_down: Option<ScaleDownReport>,
 }
 
 /// Why the demo could not run.
@@ -186,21 +209,31 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// The LP lower bound of the scenario's pods over its pools, from an empty cluster.
 pub fn scenario_lower_bound(s: &Scenario, catalog: &Catalog, now: jiff::Timestamp) -> f64 {
-    let pods: Vec<PodDemand> = s
-        .pods
+    lower_bound(&s.pods, &s.nodepools, &s.daemonsets, catalog, now)
+}
+
+/// The LP lower bound of `pods` over `nodepools` from an empty cluster, with the DaemonSets'
+/// overhead on every node; the yardstick for a fleet's cost.
+pub fn lower_bound(
+    pods: &[k8s_openapi::api::core::v1::Pod],
+    nodepools: &[crate::kube::crd::NodePool],
+    daemonsets: &[k8s_openapi::api::apps::v1::DaemonSet],
+    catalog: &Catalog,
+    now: jiff::Timestamp,
+) -> f64 {
+    let pods: Vec<PodDemand> = pods
         .iter()
         .filter_map(|p| PodDemand::from_pod(p).ok())
         .collect();
     let mut overhead = crate::model::Resources::default();
-    for ds in &s.daemonsets {
+    for ds in daemonsets {
         if let Some(spec) = ds.spec.template.spec.as_ref()
             && let Ok(r) = crate::model::pod::pod_requests(spec)
         {
             overhead.add(&r);
         }
     }
-    let pools: Vec<NodePoolView> = s
-        .nodepools
+    let pools: Vec<NodePoolView> = nodepools
         .iter()
         .filter_map(|p| NodePoolView::from_crd(p).ok())
         .map(|mut v| {
@@ -242,11 +275,29 @@ pub fn load_scenario(args: &DemoArgs) -> Result<Scenario, DemoError> {
 pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
     let scenario = load_scenario(args)?;
     let mut sim = Simulation::start(&scenario, args, None).await?;
+    let settled = run_phase(&mut sim, args).await;
+    if settled && !args.no_scale_down {
+        sim.begin_scale_down(&scenario, ScaleDown::from_args(args));
+        sim.advance();
+        run_phase(&mut sim, args).await;
+    }
+    let report = sim.finish().await;
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default())?;
+    }
+    Ok(report)
+}
+
+/// Steps until the phase is done or its deadline passes; returns whether it finished.
+async fn run_phase(sim: &mut Simulation, args: &DemoArgs) -> bool {
     loop {
         let step_started = Instant::now();
         let done = sim.step().await;
-        if done || sim.now >= sim.deadline {
-            break;
+        if done {
+            return true;
+        }
+        if sim.now >= sim.deadline {
+            return false;
         }
         sim.advance();
         if args.speed > 0.0 {
@@ -257,11 +308,6 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
             }
         }
     }
-    let report = sim.finish().await;
-    if let Some(path) = &args.report_json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default())?;
-    }
-    Ok(report)
 }
 
 /// Wraps the simulated cloud, e.g. in a fault injector, before the controllers see it.
@@ -279,6 +325,10 @@ pub struct Simulation {
     pub cloud: Arc<dyn CloudProvider>,
     provisioner: Provisioner,
     lifecycle: Lifecycle,
+    /// Ticked only in phase 2 (see `begin_scale_down`).
+    disruption: Disruption,
+    interruptions: Arc<SimInterruptions>,
+    phase2: Option<scale_down::Phase2>,
     kubelet: SimKubelet,
     scheduler: SchedulerStandIn,
     client: ExtenderClient,
@@ -387,6 +437,7 @@ impl Simulation {
         for d in &scenario.daemonsets {
             cluster.put_daemonset(d.clone());
         }
+        scale_down::load_budgets(&cluster, scenario);
         for p in &scenario.pods {
             cluster.add_pod(p.clone());
         }
@@ -398,12 +449,17 @@ impl Simulation {
             },
             ..Default::default()
         };
-        let (provisioner, lifecycle) = controllers(&app, &cluster, &cloud, provisioner_config);
+        let interruptions = Arc::new(SimInterruptions::new());
+        let (provisioner, lifecycle, disruption) =
+            controllers(&app, &cluster, &cloud, provisioner_config, &interruptions);
         let tick =
             jiff::SignedDuration::try_from(args.tick).unwrap_or(jiff::SignedDuration::from_secs(1));
         Ok(Simulation {
             provisioner,
             lifecycle,
+            disruption,
+            interruptions,
+            phase2: None,
             kubelet: SimKubelet::new(KubeletConfig::typical(catalog.clone())),
             scheduler: SchedulerStandIn::new(SchedulerConfig::default()),
             client,
@@ -438,30 +494,40 @@ impl Simulation {
     }
 
     /// Simulates a crash and restart of Gantry: the controllers lose everything they held in
-    /// memory (batch window, in-flight launches, GC sightings) and start again from the objects
-    /// persisted in the cluster.
+    /// memory (batch window, in-flight launches, GC sightings, disruption jobs) and start again
+    /// from the objects persisted in the cluster. Queued interruption notices survive, as
+    /// messages in an SQS queue would.
     pub fn restart_controllers(&mut self) {
-        let (p, l) = controllers(
+        if let Some(p2) = self.phase2.as_mut() {
+            p2.carry_stats(self.disruption.executor().stats());
+        }
+        let (p, l, d) = controllers(
             &self.app,
             &self.cluster,
             &self.cloud,
             self.provisioner_config,
+            &self.interruptions,
         );
         self.provisioner = p;
         self.lifecycle = l;
+        self.disruption = d;
     }
 
-    /// One tick at the current virtual time; returns whether every pod is bound and every
-    /// NodeClaim initialized.
+    /// One tick at the current virtual time. In phase 1, returns whether every pod is bound
+    /// and every NodeClaim initialized; in phase 2, whether the cluster is also consolidated
+    /// (see [`ScaleDown::quiet`]).
     pub async fn step(&mut self) -> bool {
         let now = self.now;
+        self.inject_interruptions(now);
         let stats = self
             .scheduler
             .step(now, &self.cluster, &mut self.client)
             .await;
-        for b in &stats.bound {
-            if let Some(c) = b.created {
-                self.ttb.push(now.duration_since(c).as_secs_f64());
+        if self.phase2.is_none() {
+            for b in &stats.bound {
+                if let Some(c) = b.created {
+                    self.ttb.push(now.duration_since(c).as_secs_f64());
+                }
             }
         }
         self.report.pods_bound_to_gated_nodes += stats.bound_to_gated;
@@ -469,19 +535,29 @@ impl Simulation {
         if self.provisioner.tick(now).await.is_some() {
             self.report.planning_rounds += 1;
         }
+        if self.phase2.is_some() {
+            self.disrupt(now, &stats.bound).await;
+        }
         self.lifecycle.tick(now).await;
         self.kubelet
             .step(now, self.cloud.as_ref(), &self.cluster)
             .await;
         let snap = self.app.cluster.load();
-        let done = snap.pending.is_empty()
+        let settled = snap.pending.is_empty()
             && snap
                 .nodeclaims
                 .values()
                 .all(|c| c.is_condition_true(crate::kube::crd::conditions::INITIALIZED));
+        let done = match self.phase2.as_mut() {
+            Some(p2) => p2.done(settled, &snap, now),
+            None => settled,
+        };
         if !self.quiet && (now.duration_since(self.last_progress).as_secs() >= 10 || done) {
             self.last_progress = now;
             progress(&snap, now.duration_since(self.t0).as_secs_f64());
+            if let Some(p2) = &self.phase2 {
+                p2.progress(&self.cluster);
+            }
         }
         done
     }
@@ -495,6 +571,15 @@ impl Simulation {
 
     /// Stops the extender and computes the report.
     pub async fn finish(mut self) -> DemoReport {
+        // Phase 2's figures are those of its last tick, before the clean-up below.
+        let scale_down = match self.phase2.take() {
+            Some(p2) => {
+                let snap = self.app.cluster.load();
+                let catalog = self.cloud.catalog().await.unwrap_or_default();
+                Some(p2.report(&snap, &self.cluster, &self.disruption, &catalog, self.now))
+            }
+            None => None,
+        };
         // Let garbage collection see what is left, twice, past its grace period.
         for _ in 0..2 {
             for _ in 0..61 {
@@ -504,30 +589,17 @@ impl Simulation {
         }
         let snap = self.app.cluster.load();
         let mut report = std::mem::take(&mut self.report);
-        let mut alloc = crate::model::Resources::default();
-        let mut used = crate::model::Resources::default();
-        for claim in snap.nodeclaims.values() {
-            let Some(s) = &claim.status else { continue };
-            if let (Some(t), Some(z), Some(ct)) = (&s.instance_type, &s.zone, &s.capacity_type) {
-                *report
-                    .nodes_by_type
-                    .entry(format!("{t}/{z}/{ct}"))
-                    .or_default() += 1;
-                report.nodes += 1;
-                report.cost_per_hour += s
-                    .price_per_hour
-                    .as_deref()
-                    .and_then(|p| p.parse::<f64>().ok())
-                    .unwrap_or(0.0);
-            }
-            if let Some(n) = s.node_name.as_deref().and_then(|n| snap.node(n)) {
-                alloc.add(&n.allocatable);
-                used.add(&n.requested);
-            }
+        if scale_down.is_none() {
+            // The burst's figures; with phase 2 they were taken when it began.
+            let f = Fleet::of(&snap);
+            report.nodes = f.nodes;
+            report.cost_per_hour = f.cost_per_hour;
+            report.nodes_by_type = f.nodes_by_type;
+            report.cpu_utilization = f.cpu_utilization;
+            report.memory_utilization = f.memory_utilization;
+            report.pods_bound = report.pods_total.saturating_sub(snap.pending.len());
         }
-        report.cpu_utilization = ratio(used.cpu, alloc.cpu);
-        report.memory_utilization = ratio(used.memory, alloc.memory);
-        report.pods_bound = report.pods_total.saturating_sub(snap.pending.len());
+        report.scale_down = scale_down;
         report.leaked_instances = leaked(&snap, self.cloud.as_ref()).await;
         self.ttb.sort_by(f64::total_cmp);
         report.time_to_bound_seconds = Percentiles {
@@ -580,12 +652,52 @@ async fn ec2_cloud(
     Ok((cloud, catalog, classes))
 }
 
+/// The fleet Gantry runs at one moment, for the report.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Fleet {
+    nodes: usize,
+    cost_per_hour: f64,
+    nodes_by_type: BTreeMap<String, usize>,
+    cpu_utilization: f64,
+    memory_utilization: f64,
+}
+
+impl Fleet {
+    /// Launched NodeClaims (with a type, zone and capacity type), their price and their nodes'
+    /// requests over allocatable.
+    fn of(snap: &crate::state::ClusterSnapshot) -> Fleet {
+        let mut f = Fleet::default();
+        let mut alloc = crate::model::Resources::default();
+        let mut used = crate::model::Resources::default();
+        for claim in snap.nodeclaims.values() {
+            let Some(s) = &claim.status else { continue };
+            if let (Some(t), Some(z), Some(ct)) = (&s.instance_type, &s.zone, &s.capacity_type) {
+                *f.nodes_by_type.entry(format!("{t}/{z}/{ct}")).or_default() += 1;
+                f.nodes += 1;
+                f.cost_per_hour += s
+                    .price_per_hour
+                    .as_deref()
+                    .and_then(|p| p.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+            if let Some(n) = s.node_name.as_deref().and_then(|n| snap.node(n)) {
+                alloc.add(&n.allocatable);
+                used.add(&n.requested);
+            }
+        }
+        f.cpu_utilization = ratio(used.cpu, alloc.cpu);
+        f.memory_utilization = ratio(used.memory, alloc.memory);
+        f
+    }
+}
+
 fn controllers(
     app: &AppState,
     cluster: &Arc<SimCluster>,
     cloud: &Arc<dyn CloudProvider>,
     config: ProvisionerConfig,
-) -> (Provisioner, Lifecycle) {
+    interruptions: &Arc<SimInterruptions>,
+) -> (Provisioner, Lifecycle, Disruption) {
     let inflight = InFlight::default();
     let api: Arc<dyn crate::kube::api::ClusterApi> = cluster.clone();
     let provisioner = Provisioner::new(
@@ -597,13 +709,25 @@ fn controllers(
         config,
     );
     let lifecycle = Lifecycle::new(
+        api.clone(),
+        cloud.clone(),
+        app.cluster.clone(),
+        inflight.clone(),
+        LifecycleConfig::default(),
+    );
+    let disruption = Disruption::new(
         api,
         cloud.clone(),
         app.cluster.clone(),
         inflight,
-        LifecycleConfig::default(),
-    );
-    (provisioner, lifecycle)
+        DisruptionConfig {
+            // Karpenter's polling period; jobs still advance every tick.
+            decide_every: Duration::from_secs(10),
+            ..Default::default()
+        },
+    )
+    .with_interruptions(interruptions.clone());
+    (provisioner, lifecycle, disruption)
 }
 
 /// Alive instances with no NodeClaim to own them.
@@ -717,5 +841,9 @@ pub fn render(r: &DemoReport) -> String {
         "leaked instances: {}   pods bound to gated nodes: {}   pods bound off their reservation: {}\n",
         r.leaked_instances, r.pods_bound_to_gated_nodes, r.pods_bound_off_reservation
     ));
+    match &r.scale_down {
+        Some(d) => s.push_str(&scale_down::render(d)),
+        None => s.push_str("\nphase 2 (scale-down): not run\n"),
+    }
     s
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Deserialize;
 use serde_json::Value;
@@ -53,6 +54,30 @@ pub struct Scenario {
     pub nodeclasses: Vec<EC2NodeClass>,
     /// DaemonSets.
     pub daemonsets: Vec<DaemonSet>,
+    /// PodDisruptionBudgets, which the simulated Eviction API honours.
+    pub pdbs: Vec<PodDisruptionBudget>,
+    /// The workloads the pods came from, so the demo can scale them and PDBs can read their scale.
+    pub workloads: Vec<Workload>,
+}
+
+/// A Deployment, StatefulSet, ReplicaSet or Job of the scenario, as its pods' controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// The document's kind (`Deployment`, `StatefulSet`, `ReplicaSet`, `Job`).
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The UID in its pods' controller `ownerReference` (the ReplicaSet's, for a Deployment).
+    pub controller_uid: String,
+    /// Pods created: `replicas`, or `parallelism` for a Job.
+    pub replicas: usize,
+}
+
+/// The controller UID scenario pods of a workload carry.
+fn controller_uid(namespace: &str, workload: &str) -> String {
+    format!("{namespace}-{workload}")
 }
 
 fn template_pods(
@@ -71,7 +96,7 @@ fn template_pods(
                 api_version: "apps/v1".into(),
                 kind: owner_kind.into(),
                 name: workload.to_string(),
-                uid: format!("{namespace}-{workload}"),
+                uid: controller_uid(namespace, workload),
                 controller: Some(true),
                 ..Default::default()
             }]);
@@ -141,22 +166,50 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
                 } else {
                     "ReplicaSet"
                 };
+                let replicas = count("/spec/replicas", 1);
                 s.pods.extend(template_pods(
                     &template()?,
                     &namespace,
                     &name,
                     owner,
-                    count("/spec/replicas", 1),
+                    replicas,
                 ));
+                s.workloads.push(Workload {
+                    kind: kind.clone(),
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    controller_uid: controller_uid(&namespace, &name),
+                    replicas,
+                });
             }
             "Job" => {
+                let parallelism = count("/spec/parallelism", 1);
                 s.pods.extend(template_pods(
                     &template()?,
                     &namespace,
                     &name,
                     "Job",
-                    count("/spec/parallelism", 1),
+                    parallelism,
                 ));
+                s.workloads.push(Workload {
+                    kind: kind.clone(),
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    controller_uid: controller_uid(&namespace, &name),
+                    replicas: parallelism,
+                });
+            }
+            "PodDisruptionBudget" => {
+                let mut pdb: PodDisruptionBudget =
+                    serde_json::from_value(v.clone()).map_err(|e| bad(e.to_string()))?;
+                pdb.metadata.namespace.get_or_insert(namespace.clone());
+                let spec = pdb.spec.as_ref();
+                if spec.is_some_and(|s| s.min_available.is_some() && s.max_unavailable.is_some()) {
+                    return Err(bad(
+                        "minAvailable and maxUnavailable cannot both be set".into()
+                    ));
+                }
+                s.pdbs.push(pdb);
             }
             "DaemonSet" => {
                 s.daemonsets
@@ -242,6 +295,19 @@ mod tests {
         assert!(s.pods.len() >= 1000, "{}", s.pods.len());
         assert_eq!(s.nodepools.len(), 2);
         assert_eq!(s.daemonsets.len(), 2);
+        assert_eq!(s.pdbs.len(), 2);
+        let web = s.workloads.iter().find(|w| w.name == "web").unwrap();
+        assert_eq!((web.kind.as_str(), web.replicas), ("Deployment", 400));
+        let owner = &s
+            .pods
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("web-0"))
+            .unwrap()
+            .metadata
+            .owner_references
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(owner.uid, web.controller_uid);
         let counts = workload_counts(&s.pods);
         assert_eq!(counts["web"], 400);
         assert_eq!(counts["train"], 8);
