@@ -211,10 +211,20 @@ fn mixed() -> Vec<PodDemand> {
     pods
 }
 
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` does not and gets a short smoke run.
+fn full_run() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
 fn summary(label: &str, input: &PlanInput<'_>) {
     let start = Instant::now();
     let p = plan(input);
     let secs = start.elapsed().as_secs_f64();
+    if !full_run() {
+        // `cargo test --benches` smoke run: the pattern bound's search is far too slow unoptimized.
+        println!("{label}: {} claims (smoke run, no bounds)", p.claims.len());
+        return;
+    }
     let bounds = plan_bounds(input, &p);
     let bound = bounds.best();
     let placed: usize = p.claims.iter().map(|c| c.pods.len()).sum();
@@ -295,7 +305,12 @@ fn karpenter_shape(c: &mut Criterion) {
     let pools = vec![NodePoolView::default_pool()];
     let mut group = c.benchmark_group("karpenter_shape");
     group.sample_size(10);
-    for n in [100usize, 1_000, 5_000, 20_000] {
+    let sizes: &[usize] = if full_run() {
+        &[100, 1_000, 5_000, 20_000]
+    } else {
+        &[100]
+    };
+    for &n in sizes {
         let pods = karpenter_pods(n);
         let input = PlanInput {
             pods: &pods,

@@ -4,6 +4,10 @@
 //! real HTTPS extender over loopback TLS) are driven tick by tick; the provisioner and the
 //! lifecycle controller are the very ones `serve` runs. HTTPS calls take real time but no
 //! virtual time, so reported times are what a cluster would see, independent of this machine.
+//!
+//! Phase 1 is the scenario's burst of pods. Phase 2 ([`scale_down`]) then scales the
+//! Deployments in, injects spot interruptions, and lets the disruption controller consolidate
+//! under PodDisruptionBudgets.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -843,7 +847,9 @@ pub fn render(r: &DemoReport) -> String {
     ));
     match &r.scale_down {
         Some(d) => s.push_str(&scale_down::render(d)),
-        None => s.push_str("\nphase 2 (scale-down): not run\n"),
+        None => s.push_str(
+            "\nphase 2 (scale-down): not run (--no-scale-down, or phase 1 did not settle)\n",
+        ),
     }
     s
 }
