@@ -456,6 +456,45 @@ mod tests {
         verifier.await.unwrap();
     }
 
+    #[tokio::test]
+    async fn node_deletes_are_idempotent_and_events_name_their_object() {
+        let (cluster, mut handle) = mock_cluster();
+        let verifier = tokio::spawn(async move {
+            let (_, send) = expect(&mut handle, "DELETE", "/api/v1/nodes/n1").await;
+            respond(send, 404, status(404, "NotFound"));
+            let (body, send) = tokio::time::timeout(Duration::from_secs(5), async {
+                let (req, send) = handle.next_request().await.expect("service dropped");
+                assert_eq!(req.method().as_str(), "POST");
+                assert!(req.uri().path().ends_with("/events"), "{}", req.uri());
+                let bytes = req.into_body().collect_bytes().await.unwrap();
+                (
+                    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+                    send,
+                )
+            })
+            .await
+            .expect("no event arrived");
+            assert_eq!(body["regarding"]["kind"], "Pod");
+            assert_eq!(body["regarding"]["name"], "web-1");
+            assert_eq!(body["reason"], "Launched");
+            respond(send, 201, body);
+        });
+        cluster.delete_node("n1").await.unwrap();
+        cluster
+            .record_event(EventRecord {
+                kind: "Pod",
+                namespace: "shop".into(),
+                name: "web-1".into(),
+                uid: "u1".into(),
+                type_: "Normal",
+                reason: "Launched",
+                message: "launched nodeclaim general-abcde (m7i.large, us-east-1b) for this pod"
+                    .into(),
+            })
+            .await;
+        verifier.await.unwrap();
+    }
+
     #[test]
     fn taint_patches_remove_then_add_once() {
         let current = vec![
