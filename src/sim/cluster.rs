@@ -72,6 +72,9 @@ pub struct SimStore {
     index: ClusterIndex,
     seq: u64,
     dirty: bool,
+    /// When set, every write is deferred to the next [`SimCluster::flush`] (see
+    /// [`SimCluster::set_batched`]).
+    batched: bool,
 }
 
 impl SimStore {
@@ -127,8 +130,25 @@ impl SimCluster {
     pub fn mutate<R>(&self, f: impl FnOnce(&mut SimStore) -> R) -> R {
         let mut s = self.lock();
         let r = f(&mut s);
-        self.publish_locked(&mut s);
+        if s.batched {
+            s.dirty = true;
+        } else {
+            self.publish_locked(&mut s);
+        }
         r
+    }
+
+    /// Defers every write to the next [`SimCluster::flush`], as a watch delivers with lag.
+    ///
+    /// Publishing rebuilds the whole snapshot (O(pods + nodes)); per write, a tick that registers
+    /// or opens n nodes costs O(n × pods), which made a 10,000-pod demo take minutes per phase.
+    /// The demo flushes between its controllers instead.
+    pub fn set_batched(&self, on: bool) {
+        let mut s = self.lock();
+        s.batched = on;
+        if !on && s.dirty {
+            self.publish_locked(&mut s);
+        }
     }
 
     /// Applies a change without publishing; readers see it at the next [`SimCluster::flush`].

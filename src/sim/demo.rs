@@ -416,6 +416,9 @@ impl Simulation {
             app.ledger.clone(),
             app.reservation_window,
         );
+        // Writes reach readers when `step` flushes between the actors, as a watch would
+        // deliver them; publishing per write is quadratic at 10,000 pods.
+        cluster.set_batched(true);
         let sim_cloud =
             Arc::new(SimCloud::embedded(SimConfig::default()).map_err(|e| setup(e.to_string()))?);
         let (cloud, catalog, nodeclasses) = match args.cloud {
@@ -522,11 +525,13 @@ impl Simulation {
     /// (see [`ScaleDown::quiet`]).
     pub async fn step(&mut self) -> bool {
         let now = self.now;
+        self.cluster.flush();
         self.inject_interruptions(now);
         let stats = self
             .scheduler
             .step(now, &self.cluster, &mut self.client)
             .await;
+        self.cluster.flush();
         if self.phase2.is_none() {
             for b in &stats.bound {
                 if let Some(c) = b.created {
@@ -539,13 +544,17 @@ impl Simulation {
         if self.provisioner.tick(now).await.is_some() {
             self.report.planning_rounds += 1;
         }
+        self.cluster.flush();
         if self.phase2.is_some() {
             self.disrupt(now, &stats.bound).await;
+            self.cluster.flush();
         }
         self.lifecycle.tick(now).await;
+        self.cluster.flush();
         self.kubelet
             .step(now, self.cloud.as_ref(), &self.cluster)
             .await;
+        self.cluster.flush();
         let snap = self.app.cluster.load();
         let settled = snap.pending.is_empty()
             && snap
