@@ -176,8 +176,10 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     stop.cancel();
     let _ = server.await;
-    all.sort_by(f64::total_cmp);
-    let at = |q: f64| all[((all.len() as f64 - 1.0) * q) as usize];
+    for v in [&mut all, &mut all_sent, &mut all_lag] {
+        v.sort_by(f64::total_cmp);
+    }
+    let at = |q: f64| percentile(&all, q);
     println!(
         "connections={} protocol={} names/request={} duration={:.1}s mode={}",
         args.connections,
@@ -202,18 +204,19 @@ async fn main() {
     if args.rate > 0 {
         // tokio's timer wakes up to 1 ms late, so latency from the scheduled time carries up to
         // 1 ms of the generator's own slack; the send-to-reply latency and the lag show both.
-        for v in [&mut all_sent, &mut all_lag] {
-            v.sort_by(f64::total_cmp);
-        }
-        let q = |v: &Vec<f64>, q: f64| v[((v.len() as f64 - 1.0) * q) as usize];
         println!(
             "from actual send: p50={:.3}ms p99={:.3}ms max={:.3}ms; send lag behind schedule: p50={:.3}ms p99={:.3}ms max={:.3}ms",
-            q(&all_sent, 0.5),
-            q(&all_sent, 0.99),
-            q(&all_sent, 1.0),
-            q(&all_lag, 0.5),
-            q(&all_lag, 0.99),
-            q(&all_lag, 1.0)
+            percentile(&all_sent, 0.5),
+            percentile(&all_sent, 0.99),
+            percentile(&all_sent, 1.0),
+            percentile(&all_lag, 0.5),
+            percentile(&all_lag, 0.99),
+            percentile(&all_lag, 1.0)
         );
     }
+}
+
+/// The q-quantile of sorted samples (nearest rank below).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q) as usize]
 }
