@@ -304,7 +304,17 @@ fn apply_pod(index: &mut ClusterIndex, app: &AppState, pod: &Pod) {
 /// Indexes a pod and keeps the demand ledger in step with its scheduling state; shared by the
 /// watches and the simulated cluster so both feed decisions the same way.
 pub fn index_pod(index: &mut ClusterIndex, ledger: &DemandLedger, pod: &Pod, now: jiff::Timestamp) {
-    let view = pod_view(pod);
+    index_shared_pod(index, ledger, std::sync::Arc::new(pod.clone()), now);
+}
+
+/// [`index_pod`] for a pod the caller already shares, so the index holds the same copy.
+pub fn index_shared_pod(
+    index: &mut ClusterIndex,
+    ledger: &DemandLedger,
+    pod: std::sync::Arc<Pod>,
+    now: jiff::Timestamp,
+) {
+    let view = pod_view(&pod);
     if view.node_name.is_some() || view.terminal {
         ledger.remove(&view.uid);
     } else if view.unschedulable {
@@ -317,5 +327,5 @@ pub fn index_pod(index: &mut ClusterIndex, ledger: &DemandLedger, pod: &Pod, now
             first_seen_unix: now.as_second(),
         });
     }
-    index.apply_pod_object(view, std::sync::Arc::new(pod.clone()));
+    index.apply_pod_object(view, pod);
 }

@@ -18,7 +18,7 @@ use crate::disruption::execute;
 use crate::kube::api::{ClusterApi, ClusterError, EventRecord, NodePatch};
 use crate::kube::crd::{EC2NodeClass, NodeClaim, NodeClaimStatus, NodePool};
 use crate::kube::views::node_view;
-use crate::kube::watch::index_pod;
+use crate::kube::watch::index_shared_pod;
 use crate::model::labels::TERMINATION_FINALIZER;
 use crate::sim::pdb::{self, EvictionVerdict};
 use crate::state::{ClusterIndex, DemandLedger, SharedState};
@@ -46,8 +46,8 @@ pub struct SimStore {
     pub now: jiff::Timestamp,
     /// Nodes by name.
     pub nodes: BTreeMap<String, Node>,
-    /// Pods by UID.
-    pub pods: BTreeMap<String, Pod>,
+    /// Pods by UID, shared with the index (one copy per pod, copied on write).
+    pub pods: BTreeMap<String, Arc<Pod>>,
     /// NodeClaims by name.
     pub claims: BTreeMap<String, NodeClaim>,
     /// NodePools by name.
@@ -81,6 +81,11 @@ impl SimStore {
     fn next_uid(&mut self, prefix: &str) -> String {
         self.seq += 1;
         format!("{prefix}-{:08x}-sim", self.seq)
+    }
+
+    /// Every pod, as the PDB model reads them.
+    pub fn pod_objects(&self) -> impl Iterator<Item = &Pod> + Clone {
+        self.pods.values().map(AsRef::as_ref)
     }
 
     fn time(&self) -> Time {
@@ -203,10 +208,11 @@ impl SimCluster {
             let t = s.time();
             for uid in due {
                 if let Some(pod) = s.pods.get_mut(&uid) {
-                    let status = pod.status.get_or_insert_with(PodStatus::default);
+                    let status = Arc::make_mut(pod)
+                        .status
+                        .get_or_insert_with(PodStatus::default);
                     set_pod_condition(status, "Ready", "True", None, t.clone());
-                    let pod = pod.clone();
-                    index_pod(&mut s.index, &ledger, &pod, now);
+                    index_shared_pod(&mut s.index, &ledger, pod.clone(), now);
                 }
             }
         });
@@ -236,7 +242,7 @@ impl SimCluster {
         self.read(|s| {
             s.pdbs
                 .get(key)
-                .map(|b| pdb::status(b, s.pods.values(), &s.scales))
+                .map(|b| pdb::status(b, s.pod_objects(), &s.scales))
         })
     }
 
@@ -254,7 +260,8 @@ impl SimCluster {
             pod.metadata.creation_timestamp = Some(s.time());
             pod.status.get_or_insert_with(PodStatus::default).phase = Some("Pending".into());
             let now = s.now;
-            index_pod(&mut s.index, &ledger, &pod, now);
+            let pod = Arc::new(pod);
+            index_shared_pod(&mut s.index, &ledger, pod.clone(), now);
             s.pods.insert(uid.clone(), pod);
             uid
         })
@@ -265,7 +272,8 @@ impl SimCluster {
         let ledger = self.ledger.clone();
         self.mutate(|s| {
             let now = s.now;
-            index_pod(&mut s.index, &ledger, &pod, now);
+            let pod = Arc::new(pod);
+            index_shared_pod(&mut s.index, &ledger, pod.clone(), now);
             if let Some(uid) = pod.metadata.uid.clone() {
                 s.pods.insert(uid, pod);
             }
@@ -294,14 +302,15 @@ impl SimCluster {
             }
             let now = s.now;
             let t = s.time();
-            let pod = s
+            let shared = s
                 .pods
                 .get_mut(uid)
                 .ok_or_else(|| ClusterError::NotFound(format!("pod {uid}")))?;
-            let spec = pod.spec.get_or_insert_with(Default::default);
-            if spec.node_name.is_some() {
+            if shared.spec.as_ref().is_some_and(|sp| sp.node_name.is_some()) {
                 return Err(ClusterError::Conflict(format!("pod {uid} already bound")));
             }
+            let pod = Arc::make_mut(shared);
+            let spec = pod.spec.get_or_insert_with(Default::default);
             spec.node_name = Some(node.to_string());
             let status = pod.status.get_or_insert_with(PodStatus::default);
             status.phase = Some("Running".into());
@@ -313,8 +322,7 @@ impl SimCluster {
                 "False"
             };
             set_pod_condition(status, "Ready", ready, None, t);
-            let pod = pod.clone();
-            index_pod(&mut s.index, &ledger, &pod, now);
+            index_shared_pod(&mut s.index, &ledger, shared.clone(), now);
             Ok(())
         })
     }
@@ -325,8 +333,10 @@ impl SimCluster {
         self.mutate_deferred(|s| {
             let now = s.now;
             let t = s.time();
-            if let Some(pod) = s.pods.get_mut(uid) {
-                let status = pod.status.get_or_insert_with(PodStatus::default);
+            if let Some(shared) = s.pods.get_mut(uid) {
+                let status = Arc::make_mut(shared)
+                    .status
+                    .get_or_insert_with(PodStatus::default);
                 let already = status
                     .conditions
                     .iter()
@@ -340,8 +350,7 @@ impl SimCluster {
                     t,
                 );
                 if !already {
-                    let pod = pod.clone();
-                    index_pod(&mut s.index, &ledger, &pod, now);
+                    index_shared_pod(&mut s.index, &ledger, shared.clone(), now);
                 }
             }
         });
@@ -557,7 +566,7 @@ impl ClusterApi for SimCluster {
                     && execute::evictable(pod)
                 {
                     s.counters.pods_removed_with_node += 1;
-                    if pdb::removal_violates(pod, s.pdbs.values(), s.pods.values(), &s.scales) {
+                    if pdb::removal_violates(pod, s.pdbs.values(), s.pod_objects(), &s.scales) {
                         s.counters.pdb_violations += 1;
                     }
                 }
@@ -594,7 +603,7 @@ impl ClusterApi for SimCluster {
             let Some(pod) = s.pods.get(&uid) else {
                 return Ok(());
             };
-            match pdb::eviction_verdict(pod, s.pdbs.values(), s.pods.values(), &s.scales) {
+            match pdb::eviction_verdict(pod, s.pdbs.values(), s.pod_objects(), &s.scales) {
                 EvictionVerdict::Allowed { .. } => {}
                 EvictionVerdict::Refused(budget) => {
                     s.counters.evictions_blocked += 1;
@@ -608,7 +617,7 @@ impl ClusterApi for SimCluster {
                 }
             }
             // Checked apart from the verdict above, as for removals with a node.
-            if pdb::removal_violates(pod, s.pdbs.values(), s.pods.values(), &s.scales) {
+            if pdb::removal_violates(pod, s.pdbs.values(), s.pod_objects(), &s.scales) {
                 s.counters.pdb_violations += 1;
             }
             s.pods.remove(&uid);
@@ -690,7 +699,7 @@ spec: {{containers: [{{name: c}}]}}
         );
         // The replacement binds but is not Ready until its readiness delay has passed.
         c.set_pod_ready_delay(Duration::from_secs(10));
-        let mut again: Pod = c.read(|s| s.pods.values().next().cloned().unwrap());
+        let mut again: Pod = c.read(|s| s.pods.values().next().map(|p| (**p).clone()).unwrap());
         again.metadata.name = Some("web-0-r".into());
         again.spec.as_mut().unwrap().node_name = None;
         again.status = None;

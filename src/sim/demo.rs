@@ -218,8 +218,8 @@ pub fn scenario_lower_bound(s: &Scenario, catalog: &Catalog, now: jiff::Timestam
 
 /// The LP lower bound of `pods` over `nodepools` from an empty cluster, with the DaemonSets'
 /// overhead on every node; the yardstick for a fleet's cost.
-pub fn lower_bound(
-    pods: &[k8s_openapi::api::core::v1::Pod],
+pub fn lower_bound<P: std::borrow::Borrow<k8s_openapi::api::core::v1::Pod>>(
+    pods: &[P],
     nodepools: &[crate::kube::crd::NodePool],
     daemonsets: &[k8s_openapi::api::apps::v1::DaemonSet],
     catalog: &Catalog,
@@ -227,7 +227,7 @@ pub fn lower_bound(
 ) -> f64 {
     let pods: Vec<PodDemand> = pods
         .iter()
-        .filter_map(|p| PodDemand::from_pod(p).ok())
+        .filter_map(|p| PodDemand::from_pod(p.borrow()).ok())
         .collect();
     let mut overhead = crate::model::Resources::default();
     for ds in daemonsets {
@@ -277,8 +277,10 @@ pub fn load_scenario(args: &DemoArgs) -> Result<Scenario, DemoError> {
 /// # Errors
 /// Only set-up failures; what happens in the simulation is reported, not raised.
 pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
-    let scenario = load_scenario(args)?;
+    let mut scenario = load_scenario(args)?;
     let mut sim = Simulation::start(&scenario, args, None).await?;
+    // The cluster holds the pods now; a second copy would be a third of the peak at 10,000 pods.
+    scenario.pods = Vec::new();
     let settled = run_phase(&mut sim, args).await;
     if settled && !args.no_scale_down {
         sim.begin_scale_down(&scenario, ScaleDown::from_args(args));

@@ -558,7 +558,7 @@ fn start_daemon_pods(cluster: &SimCluster, node: &str, claim: Option<&str>) -> u
         }
         let pod = daemon_pod(ds, &ds_key, node);
         let uid = cluster.add_pod(pod);
-        if let Some(mut p) = cluster.read(|s| s.pods.get(&uid).cloned()) {
+        if let Some(mut p) = cluster.read(|s| s.pods.get(&uid).map(|p| Pod::clone(p))) {
             let status = p.status.get_or_insert_with(Default::default);
             status.phase = Some("Running".into());
             let t = p.metadata.creation_timestamp.clone();

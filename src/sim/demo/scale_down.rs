@@ -221,7 +221,7 @@ fn controller_uid(pod: &Pod) -> Option<&str> {
 /// The order a ReplicaSet deletes pods in when scaled down (`ActivePodsWithRanks`): unbound
 /// first, then pending, then not Ready, then those on nodes crowded with this workload, then the
 /// newest. StatefulSets remove the highest ordinals first.
-fn deletion_order(pods: &mut [Pod], stateful: bool) {
+fn deletion_order(pods: &mut [Arc<Pod>], stateful: bool) {
     if stateful {
         let ordinal = |p: &Pod| -> u64 {
             p.metadata
@@ -280,7 +280,7 @@ fn recreated(pod: &Pod, seq: u64) -> Pod {
 }
 
 /// Workload pods: not DaemonSet pods, mirror pods or finished pods.
-fn workload_pods(cluster: &SimCluster) -> Vec<Pod> {
+fn workload_pods(cluster: &SimCluster) -> Vec<Arc<Pod>> {
     cluster.read(|s| s.pods.values().filter(|p| evictable(p)).cloned().collect())
 }
 
@@ -307,7 +307,7 @@ impl Simulation {
             if !matches!(w.kind.as_str(), "Deployment" | "ReplicaSet" | "StatefulSet") {
                 continue;
             }
-            let mut mine: Vec<Pod> = pods
+            let mut mine: Vec<Arc<Pod>> = pods
                 .iter()
                 .filter(|p| controller_uid(p) == Some(w.controller_uid.as_str()))
                 .cloned()
