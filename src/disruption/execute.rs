@@ -655,7 +655,7 @@ mod tests {
         }
 
         fn claim(&self, name: &str) -> Option<NodeClaim> {
-            self.cluster.read(|s| s.claims.get(name).cloned())
+            self.cluster.read(|s| s.claims.get(name).map(|c| NodeClaim::clone(c)))
         }
     }
 

@@ -49,7 +49,7 @@ pub struct SimStore {
     /// Pods by UID, shared with the index (one copy per pod, copied on write).
     pub pods: BTreeMap<String, Arc<Pod>>,
     /// NodeClaims by name.
-    pub claims: BTreeMap<String, NodeClaim>,
+    pub claims: BTreeMap<String, Arc<NodeClaim>>,
     /// NodePools by name.
     pub pools: BTreeMap<String, NodePool>,
     /// EC2NodeClasses by name.
@@ -394,7 +394,7 @@ impl SimCluster {
     /// Simulates a crash of the operator: the objects stay, nothing else does. Returns the store's
     /// NodeClaims for inspection.
     pub fn nodeclaims(&self) -> Vec<NodeClaim> {
-        self.read(|s| s.claims.values().cloned().collect())
+        self.read(|s| s.claims.values().map(|c| NodeClaim::clone(c)).collect())
     }
 }
 
@@ -452,9 +452,10 @@ impl ClusterApi for SimCluster {
             if !fins.iter().any(|f| f == TERMINATION_FINALIZER) {
                 fins.push(TERMINATION_FINALIZER.to_string());
             }
-            s.index.apply_nodeclaim(c.clone());
-            s.claims.insert(name, c.clone());
-            Ok(c)
+            let shared = Arc::new(c);
+            s.index.apply_shared_nodeclaim(shared.clone());
+            s.claims.insert(name, shared.clone());
+            Ok(NodeClaim::clone(&shared))
         })
     }
 
@@ -468,9 +469,8 @@ impl ClusterApi for SimCluster {
                 .claims
                 .get_mut(name)
                 .ok_or_else(|| ClusterError::NotFound(format!("nodeclaim {name}")))?;
-            c.status = Some(status.clone());
-            let c = c.clone();
-            s.index.apply_nodeclaim(c);
+            Arc::make_mut(c).status = Some(status.clone());
+            s.index.apply_shared_nodeclaim(c.clone());
             Ok(())
         })
     }
@@ -487,10 +487,9 @@ impl ClusterApi for SimCluster {
                 .is_some_and(|f| !f.is_empty())
             {
                 if c.metadata.deletion_timestamp.is_none() {
-                    c.metadata.deletion_timestamp = Some(t);
+                    Arc::make_mut(c).metadata.deletion_timestamp = Some(t);
                 }
-                let c = c.clone();
-                s.index.apply_nodeclaim(c);
+                s.index.apply_shared_nodeclaim(c.clone());
             } else {
                 s.claims.remove(name);
                 s.index.delete_nodeclaim(name);
@@ -501,9 +500,10 @@ impl ClusterApi for SimCluster {
 
     async fn remove_nodeclaim_finalizer(&self, name: &str) -> Result<(), ClusterError> {
         self.mutate(|s| {
-            let Some(c) = s.claims.get_mut(name) else {
+            let Some(shared) = s.claims.get_mut(name) else {
                 return Ok(());
             };
+            let c = Arc::make_mut(shared);
             if let Some(f) = c.metadata.finalizers.as_mut() {
                 f.retain(|x| x != TERMINATION_FINALIZER);
             }
@@ -513,8 +513,7 @@ impl ClusterApi for SimCluster {
                 s.claims.remove(name);
                 s.index.delete_nodeclaim(name);
             } else {
-                let c = c.clone();
-                s.index.apply_nodeclaim(c);
+                s.index.apply_shared_nodeclaim(shared.clone());
             }
             Ok(())
         })

@@ -413,7 +413,7 @@ fn build_node(
         labels.insert(NODECLAIM.to_string(), c.clone());
     }
 
-    let taints = registration_taints(claim.as_ref(), pool.as_ref())
+    let taints = registration_taints(claim.as_deref(), pool.as_ref())
         .into_iter()
         .map(|t| K8sTaint {
             key: t.key,
@@ -467,7 +467,7 @@ fn build_node(
         }),
     };
     let claim_name = claim
-        .and_then(|c| c.metadata.name)
+        .and_then(|c| c.metadata.name.clone())
         .or_else(|| inst.nodeclaim.clone());
     (node, claim_name, it.is_some())
 }

@@ -226,8 +226,13 @@ impl ClusterIndex {
 
     /// Adds or replaces a NodeClaim.
     pub fn apply_nodeclaim(&mut self, claim: NodeClaim) {
+        self.apply_shared_nodeclaim(Arc::new(claim));
+    }
+
+    /// [`Self::apply_nodeclaim`] for a claim the caller already shares, so both hold one copy.
+    pub fn apply_shared_nodeclaim(&mut self, claim: Arc<NodeClaim>) {
         let name = claim.metadata.name.clone().unwrap_or_default();
-        self.nodeclaims.insert(name, Arc::new(claim));
+        self.nodeclaims.insert(name, claim);
     }
 
     /// Forgets every NodeClaim, NodePool, EC2NodeClass or DaemonSet before a relist of that kind.
