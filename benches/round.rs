@@ -56,7 +56,8 @@ fn bench(c: &mut Criterion) {
         idx.apply_node(node_view(&node(i, &catalog)));
     }
     // Existing nodes are two-thirds full of running pods.
-    let template = &s.pods[0];
+    let pods: Vec<Pod> = s.pods().collect();
+    let template = &pods[0];
     for i in 0..NODES * 8 {
         let mut p: Pod = template.clone();
         p.metadata.uid = Some(format!("run-{i}"));
@@ -68,7 +69,7 @@ fn bench(c: &mut Criterion) {
     // 10,000 pending pods cycling through the built-in scenario's workloads.
     let mut pending = Vec::with_capacity(PENDING);
     for i in 0..PENDING {
-        let mut p: Pod = s.pods[i % s.pods.len()].clone();
+        let mut p: Pod = pods[i % pods.len()].clone();
         let uid = format!("pend-{i}");
         p.metadata.uid = Some(uid.clone());
         p.metadata.name = Some(format!("pend-{i}"));

@@ -213,20 +213,20 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// The LP lower bound of the scenario's pods over its pools, from an empty cluster.
 pub fn scenario_lower_bound(s: &Scenario, catalog: &Catalog, now: jiff::Timestamp) -> f64 {
-    lower_bound(&s.pods, &s.nodepools, &s.daemonsets, catalog, now)
+    lower_bound(s.pods(), &s.nodepools, &s.daemonsets, catalog, now)
 }
 
 /// The LP lower bound of `pods` over `nodepools` from an empty cluster, with the DaemonSets'
 /// overhead on every node; the yardstick for a fleet's cost.
 pub fn lower_bound<P: std::borrow::Borrow<k8s_openapi::api::core::v1::Pod>>(
-    pods: &[P],
+    pods: impl IntoIterator<Item = P>,
     nodepools: &[crate::kube::crd::NodePool],
     daemonsets: &[k8s_openapi::api::apps::v1::DaemonSet],
     catalog: &Catalog,
     now: jiff::Timestamp,
 ) -> f64 {
     let pods: Vec<PodDemand> = pods
-        .iter()
+        .into_iter()
         .filter_map(|p| PodDemand::from_pod(p.borrow()).ok())
         .collect();
     let mut overhead = crate::model::Resources::default();
@@ -277,10 +277,8 @@ pub fn load_scenario(args: &DemoArgs) -> Result<Scenario, DemoError> {
 /// # Errors
 /// Only set-up failures; what happens in the simulation is reported, not raised.
 pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
-    let mut scenario = load_scenario(args)?;
+    let scenario = load_scenario(args)?;
     let mut sim = Simulation::start(&scenario, args, None).await?;
-    // The cluster holds the pods now; a second copy would be a third of the peak at 10,000 pods.
-    scenario.pods = Vec::new();
     let settled = run_phase(&mut sim, args).await;
     if settled && !args.no_scale_down {
         sim.begin_scale_down(&scenario, ScaleDown::from_args(args));
@@ -447,8 +445,8 @@ impl Simulation {
             cluster.put_daemonset(d.clone());
         }
         scale_down::load_budgets(&cluster, scenario);
-        for p in &scenario.pods {
-            cluster.add_pod(p.clone());
+        for p in scenario.pods() {
+            cluster.add_pod(p);
         }
         let lower_bound = scenario_lower_bound(scenario, &catalog, t0);
         let provisioner_config = ProvisionerConfig {
@@ -486,7 +484,7 @@ impl Simulation {
             wall,
             ttb: Vec::new(),
             report: DemoReport {
-                pods_total: scenario.pods.len(),
+                pods_total: scenario.pod_count(),
                 lower_bound_per_hour: lower_bound,
                 ..Default::default()
             },

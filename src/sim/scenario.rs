@@ -46,8 +46,8 @@ pub enum ScenarioError {
 /// Everything a scenario puts into the cluster.
 #[derive(Debug, Clone, Default)]
 pub struct Scenario {
-    /// Pending pods (scheduled by the `gantry` profile).
-    pub pods: Vec<Pod>,
+    /// Pods given as `Pod` documents (workloads' pods come from [`Scenario::pods`]).
+    pub bare_pods: Vec<Pod>,
     /// NodePools.
     pub nodepools: Vec<NodePool>,
     /// EC2NodeClasses.
@@ -60,8 +60,28 @@ pub struct Scenario {
     pub workloads: Vec<Workload>,
 }
 
+impl Scenario {
+    /// Every pod the scenario creates, pending and scheduled by the `gantry` profile: the bare
+    /// pods, then each workload's replicas.
+    ///
+    /// Made on demand rather than stored: at 10,000 pods a second copy of every pod next to the
+    /// cluster's was a quarter of the demo's peak memory.
+    pub fn pods(&self) -> impl Iterator<Item = Pod> + '_ {
+        self.bare_pods.iter().cloned().chain(
+            self.workloads
+                .iter()
+                .flat_map(|w| (0..w.replicas).map(move |i| w.pod(i))),
+        )
+    }
+
+    /// How many pods [`Scenario::pods`] yields.
+    pub fn pod_count(&self) -> usize {
+        self.bare_pods.len() + self.workloads.iter().map(|w| w.replicas).sum::<usize>()
+    }
+}
+
 /// A Deployment, StatefulSet, ReplicaSet or Job of the scenario, as its pods' controller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
     /// The document's kind (`Deployment`, `StatefulSet`, `ReplicaSet`, `Job`).
     pub kind: String,
@@ -73,42 +93,39 @@ pub struct Workload {
     pub controller_uid: String,
     /// Pods created: `replicas`, or `parallelism` for a Job.
     pub replicas: usize,
+    /// The kind in the pods' controller `ownerReference`.
+    pub owner_kind: String,
+    /// The pod template.
+    pub template: PodTemplateSpec,
+}
+
+impl Workload {
+    /// Replica `i`: the template, named `<workload>-<i>`, owned by the workload's controller.
+    pub fn pod(&self, i: usize) -> Pod {
+        let mut meta = self.template.metadata.clone().unwrap_or_default();
+        meta.name = Some(format!("{}-{i}", self.name));
+        meta.namespace = Some(self.namespace.clone());
+        meta.owner_references = Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: self.owner_kind.clone(),
+            name: self.name.clone(),
+            uid: self.controller_uid.clone(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        let mut spec = self.template.spec.clone().unwrap_or_default();
+        spec.scheduler_name = Some(SCHEDULER_NAME.to_string());
+        Pod {
+            metadata: meta,
+            spec: Some(spec),
+            status: None,
+        }
+    }
 }
 
 /// The controller UID scenario pods of a workload carry.
 fn controller_uid(namespace: &str, workload: &str) -> String {
     format!("{namespace}-{workload}")
-}
-
-fn template_pods(
-    template: &PodTemplateSpec,
-    namespace: &str,
-    workload: &str,
-    owner_kind: &str,
-    count: usize,
-) -> Vec<Pod> {
-    (0..count)
-        .map(|i| {
-            let mut meta = template.metadata.clone().unwrap_or_default();
-            meta.name = Some(format!("{workload}-{i}"));
-            meta.namespace = Some(namespace.to_string());
-            meta.owner_references = Some(vec![OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: owner_kind.into(),
-                name: workload.to_string(),
-                uid: controller_uid(namespace, workload),
-                controller: Some(true),
-                ..Default::default()
-            }]);
-            let mut spec = template.spec.clone().unwrap_or_default();
-            spec.scheduler_name = Some(SCHEDULER_NAME.to_string());
-            Pod {
-                metadata: meta,
-                spec: Some(spec),
-                status: None,
-            }
-        })
-        .collect()
 }
 
 fn field<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -158,7 +175,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
                 pod.metadata.namespace.get_or_insert(namespace.clone());
                 pod.spec.get_or_insert_with(Default::default).scheduler_name =
                     Some(SCHEDULER_NAME.to_string());
-                s.pods.push(pod);
+                s.bare_pods.push(pod);
             }
             "Deployment" | "StatefulSet" | "ReplicaSet" => {
                 let owner = if kind == "StatefulSet" {
@@ -167,36 +184,26 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
                     "ReplicaSet"
                 };
                 let replicas = count("/spec/replicas", 1);
-                s.pods.extend(template_pods(
-                    &template()?,
-                    &namespace,
-                    &name,
-                    owner,
-                    replicas,
-                ));
                 s.workloads.push(Workload {
                     kind: kind.clone(),
                     namespace: namespace.clone(),
                     name: name.clone(),
                     controller_uid: controller_uid(&namespace, &name),
                     replicas,
+                    owner_kind: owner.to_string(),
+                    template: template()?,
                 });
             }
             "Job" => {
                 let parallelism = count("/spec/parallelism", 1);
-                s.pods.extend(template_pods(
-                    &template()?,
-                    &namespace,
-                    &name,
-                    "Job",
-                    parallelism,
-                ));
                 s.workloads.push(Workload {
                     kind: kind.clone(),
                     namespace: namespace.clone(),
                     name: name.clone(),
                     controller_uid: controller_uid(&namespace, &name),
                     replicas: parallelism,
+                    owner_kind: "Job".to_string(),
+                    template: template()?,
                 });
             }
             "PodDisruptionBudget" => {
@@ -292,14 +299,15 @@ mod tests {
     #[test]
     fn builtin_scenario_expands() {
         let s = parse(BUILTIN).unwrap();
-        assert!(s.pods.len() >= 1000, "{}", s.pods.len());
+        let pods: Vec<Pod> = s.pods().collect();
+        assert!(pods.len() >= 1000, "{}", pods.len());
+        assert_eq!(pods.len(), s.pod_count());
         assert_eq!(s.nodepools.len(), 2);
         assert_eq!(s.daemonsets.len(), 2);
         assert_eq!(s.pdbs.len(), 2);
         let web = s.workloads.iter().find(|w| w.name == "web").unwrap();
         assert_eq!((web.kind.as_str(), web.replicas), ("Deployment", 400));
-        let owner = &s
-            .pods
+        let owner = &pods
             .iter()
             .find(|p| p.metadata.name.as_deref() == Some("web-0"))
             .unwrap()
@@ -308,12 +316,11 @@ mod tests {
             .as_ref()
             .unwrap()[0];
         assert_eq!(owner.uid, web.controller_uid);
-        let counts = workload_counts(&s.pods);
+        let counts = workload_counts(&pods);
         assert_eq!(counts["web"], 400);
         assert_eq!(counts["train"], 8);
         assert!(
-            s.pods
-                .iter()
+            pods.iter()
                 .all(|p| p.spec.as_ref().unwrap().scheduler_name.as_deref() == Some("gantry"))
         );
     }
