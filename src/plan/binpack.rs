@@ -1506,7 +1506,7 @@ impl<'a> Packer<'a> {
     ///
     /// Bounded and deterministic: the most wasteful bins (price × unused share of CPU and
     /// memory) are tried first, each against a few equally wasteful bins and a few whose pods
-    /// lean the other way (CPU-heavy against memory-heavy), and the pass stops after a fixed
+    /// lean the other way (CPU-heavy against memory-heavy), and the pass stops after a bounded
     /// number of split evaluations. Only pools without CPU or memory limits take part (a split
     /// may change types); node counts never grow. No split is applied unless it is cheaper, so
     /// the plan never gets dearer.
@@ -1519,8 +1519,14 @@ impl<'a> Packer<'a> {
         const PASSES: usize = 2;
         /// Splits of one pair's pods enumerated at most.
         const MAX_SPLITS: u64 = 1024;
-        /// Split evaluations over all passes at most (each one or two cached type lookups).
-        const MAX_EVALS: usize = 60_000;
+        // Split evaluations over all passes at most (each one or two cached type lookups, about
+        // a third of a microsecond): in proportion to the pods, so small rounds stay fast.
+        let max_evals = self
+            .input
+            .pods
+            .len()
+            .saturating_mul(64)
+            .clamp(4_000, 60_000);
         struct State {
             bin: usize,
             pool: usize,
@@ -1590,7 +1596,7 @@ impl<'a> Packer<'a> {
             let mut touched = vec![false; states.len()];
             let mut improved = false;
             for &a in by_waste.iter().take(FIRST) {
-                if touched[a] || evals >= MAX_EVALS {
+                if touched[a] || evals >= max_evals {
                     continue;
                 }
                 let pool = states[a].pool;
@@ -1629,7 +1635,7 @@ impl<'a> Packer<'a> {
                 }
                 let mut best: Option<(f64, usize, Split)> = None;
                 for &x in &partners {
-                    if evals >= MAX_EVALS {
+                    if evals >= max_evals {
                         break;
                     }
                     let current = states[a].price + states[x].price;
@@ -1655,7 +1661,7 @@ impl<'a> Packer<'a> {
                     improved = true;
                 }
             }
-            if !improved || evals >= MAX_EVALS {
+            if !improved || evals >= max_evals {
                 break;
             }
         }
