@@ -15,7 +15,7 @@ use gantry::model::requirements::{PodSelector, Requirement, Requirements};
 use gantry::model::resources::names;
 use gantry::model::taints::{Effect, Taint, Toleration, TolerationOperator};
 use gantry::model::{CapacityType, NodePoolView, PodDemand, Resources};
-use gantry::plan::lower_bound::plan_bounds;
+use gantry::plan::lower_bound::{PatternBudget, plan_bounds, plan_bounds_with};
 use gantry::plan::{PlanInput, plan};
 
 const MI: i64 = 1 << 20;
@@ -217,6 +217,12 @@ fn full_run() -> bool {
 }
 
 fn summary(label: &str, input: &PlanInput<'_>) {
+    // `PLANNER_BENCH_SUMMARY=batch` prints only the cases whose label contains it.
+    if let Some(only) = std::env::var_os("PLANNER_BENCH_SUMMARY")
+        && !label.contains(only.to_string_lossy().as_ref())
+    {
+        return;
+    }
     let start = Instant::now();
     let p = plan(input);
     let secs = start.elapsed().as_secs_f64();
@@ -227,6 +233,29 @@ fn summary(label: &str, input: &PlanInput<'_>) {
     }
     let bounds = plan_bounds(input, &p);
     let bound = bounds.best();
+    if let Some(spec) = std::env::var_os("PLANNER_BENCH_DEEP") {
+        // Offline convergence check: `rounds,search,final_search,columns` (e.g. 2000,20000,200000,200).
+        let spec = spec.to_string_lossy().to_string();
+        let v: Vec<u64> = spec.split(',').filter_map(|x| x.parse().ok()).collect();
+        if v.len() == 4
+            && (label.contains("microservices")
+                || std::env::var_os("PLANNER_BENCH_DEEP_ALL").is_some())
+        {
+            let budget = PatternBudget {
+                rounds: v[0] as usize,
+                search: v[1] as u32,
+                final_search: v[2] as u32,
+                columns_per_round: v[3] as usize,
+            };
+            let t = Instant::now();
+            let deep = plan_bounds_with(input, &p, &budget);
+            println!(
+                "{label}: deep pattern LP ${:.4}/h ({:.1} s)",
+                deep.pattern,
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
     let placed: usize = p.claims.iter().map(|c| c.pods.len()).sum();
     if std::env::var_os("PLANNER_BENCH_DUMP").is_some() {
         use gantry::plan::binpack::{Order, Packer, Strategy};

@@ -180,20 +180,24 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         (Strategy::Proportional, Order::Cpu),
     ];
     let packer = binpack::Packer::new(input);
-    let mut best: Option<Plan> = None;
+    let mut best: Option<((usize, f64), binpack::Packer<'_>)> = None;
     for (strategy, order) in RUNS {
-        let candidate = packer.clone().run_ordered(strategy, order);
+        let candidate = packer.clone().packed(strategy, order);
+        let c = candidate.outcome();
         // Fewer unschedulable pods first, then the cheaper fleet.
-        let better = best.as_ref().is_none_or(|b| {
-            let (a, c) = (
-                (b.unschedulable.len(), b.cost_per_hour()),
-                (candidate.unschedulable.len(), candidate.cost_per_hour()),
-            );
-            c.0 < a.0 || (c.0 == a.0 && c.1 < a.1 - 1e-9)
-        });
+        let better = best
+            .as_ref()
+            .is_none_or(|(a, _)| c.0 < a.0 || (c.0 == a.0 && c.1 < a.1 - 1e-9));
         if better {
-            best = Some(candidate);
+            best = Some((c, candidate));
         }
     }
-    best.unwrap_or_default()
+    // Only the winner is polished: the improvement pass is the costliest step per bin.
+    match best {
+        Some((_, mut packed)) => {
+            packed.improve();
+            packed.finish()
+        }
+        None => Plan::default(),
+    }
 }

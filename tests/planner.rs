@@ -825,3 +825,48 @@ proptest! {
         prop_assert!(lb <= p.cost_per_hour() * (1.0 + 1e-6) + 1e-9, "bound {lb} > cost {}", p.cost_per_hour());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The improvement pass never makes a packing dearer, never changes which pods are placed,
+    /// and its plan keeps every invariant.
+    #[test]
+    fn improvement_pass_never_raises_cost(ps in arb_pods(), limit in prop::option::of(1i64..6)) {
+        use gantry::plan::binpack::{Order, Packer, Strategy as Packing};
+        let spot = NodePoolView {
+            name: "spot".into(),
+            weight: 10,
+            requirements: Requirements(vec![Requirement::is_in("karpenter.sh/capacity-type", &["spot"])]),
+            taints: vec![Taint::new("spot", "true", Effect::NoSchedule)],
+            daemon_overhead: Resources::cpu_mem(200, 256 * MI),
+            limits: PoolLimits { nodes: limit, ..Default::default() },
+            ..NodePoolView::default_pool()
+        };
+        let od = NodePoolView {
+            name: "od".into(),
+            daemon_overhead: Resources::cpu_mem(100, 128 * MI),
+            ..NodePoolView::default_pool()
+        };
+        let pools = [spot, od];
+        let input = PlanInput {
+            pods: &ps,
+            pools: &pools,
+            catalog: catalog(),
+            nodes: &[],
+            in_flight: &[],
+            now: jiff::Timestamp::UNIX_EPOCH,
+        };
+        for (strategy, order) in [(Packing::PerPod, Order::Dominant), (Packing::Proportional, Order::Cpu)] {
+            let mut packed = Packer::new(&input).packed(strategy, order);
+            let before = packed.outcome();
+            packed.improve();
+            let after = packed.outcome();
+            prop_assert_eq!(before.0, after.0);
+            prop_assert!(after.1 <= before.1 + 1e-9, "{} > {}", after.1, before.1);
+            let p = packed.finish();
+            check_invariants(&input, &p);
+            prop_assert!((p.cost_per_hour() - after.1).abs() < 1e-6, "{} vs {}", p.cost_per_hour(), after.1);
+        }
+    }
+}

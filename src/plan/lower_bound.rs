@@ -55,6 +55,36 @@ pub fn plan_lower_bound(input: &PlanInput<'_>, plan: &Plan) -> f64 {
 /// Both lower bounds of the plan's new-node cost, for reports that split the gap between the
 /// bound and the packer.
 pub fn plan_bounds(input: &PlanInput<'_>, plan: &Plan) -> LowerBounds {
+    plan_bounds_with(input, plan, &PatternBudget::default())
+}
+
+/// How much work the configuration LP may do; larger budgets only tighten the bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PatternBudget {
+    /// Rounds of column generation at most (each prices every node kind once).
+    pub rounds: usize,
+    /// Branch-and-bound nodes per node kind and round while generating columns.
+    pub search: u32,
+    /// Branch-and-bound nodes per node kind for the last, tightening pass.
+    pub final_search: u32,
+    /// New columns added per round at most.
+    pub columns_per_round: usize,
+}
+
+impl Default for PatternBudget {
+    fn default() -> Self {
+        PatternBudget {
+            rounds: GEN_ROUNDS,
+            search: GEN_BUDGET,
+            final_search: FINAL_BUDGET,
+            columns_per_round: COLUMNS_PER_ROUND,
+        }
+    }
+}
+
+/// [`plan_bounds`] with an explicit configuration-LP budget, for offline checks of how far the
+/// default budget is from convergence.
+pub fn plan_bounds_with(input: &PlanInput<'_>, plan: &Plan, budget: &PatternBudget) -> LowerBounds {
     let mut placed_new = vec![false; input.pods.len()];
     for c in &plan.claims {
         for p in &c.pods {
@@ -72,7 +102,7 @@ pub fn plan_bounds(input: &PlanInput<'_>, plan: &Plan) -> LowerBounds {
     let c: Vec<f64> = columns.iter().map(|(_, p)| *p).collect();
     LowerBounds {
         resource: simplex_cover(&a, &c, rows.len()).unwrap_or(0.0),
-        pattern: pattern_bound(&packer.pattern_lp(&placed_new)),
+        pattern: pattern_bound_with(&packer.pattern_lp(&placed_new, plan), budget),
     }
 }
 
@@ -247,7 +277,13 @@ const COLUMNS_PER_ROUND: usize = 40;
 /// θ`. The LP's duals only choose good values; `ub_k` comes from a branch and bound whose
 /// pruned or unexplored subtrees contribute their relaxation bound, so it is never below the
 /// best pattern. Returns 0 when there is nothing to bound.
+#[cfg(test)]
 pub(crate) fn pattern_bound(lp: &PatternLp) -> f64 {
+    pattern_bound_with(lp, &PatternBudget::default())
+}
+
+/// [`pattern_bound`] within `budget`.
+pub(crate) fn pattern_bound_with(lp: &PatternLp, budget: &PatternBudget) -> f64 {
     let items = &lp.items;
     let m = items.len();
     if m == 0 || lp.kinds.is_empty() {
@@ -277,9 +313,24 @@ pub(crate) fn pattern_bound(lp: &PatternLp) -> f64 {
         cols.push(col);
         costs.push(price);
     }
+    for (counts, price) in &lp.seeds {
+        if counts.len() == m && *price > 0.0 {
+            cols.push(
+                counts
+                    .iter()
+                    .zip(&demand)
+                    .map(|(c, d)| f64::from(*c) / d)
+                    .collect(),
+            );
+            costs.push(*price);
+        }
+    }
     let mut best_lb = 0.0f64;
     let mut last_values: Option<Vec<f64>> = None;
-    for _round in 0..GEN_ROUNDS {
+    // The search budget grows when a round finds no column while θ says one may exist.
+    let mut search = budget.search;
+    let mut last_search = 0;
+    for _ in 0..budget.rounds {
         let Some((_, y)) = simplex_cover_duals(&cols, &costs, m) else {
             break;
         };
@@ -287,7 +338,7 @@ pub(crate) fn pattern_bound(lp: &PatternLp) -> f64 {
         let mut theta = 1.0f64;
         let mut found: Vec<(f64, usize, Vec<u32>)> = Vec::new();
         for (ki, kind) in lp.kinds.iter().enumerate() {
-            let r = best_pattern(kind, items, &values, GEN_BUDGET);
+            let r = best_pattern(kind, items, &values, search);
             theta = theta.max(ratio(r.upper, kind.price));
             if r.value > kind.price * (1.0 + 1e-7) {
                 found.push((r.value / kind.price, ki, r.counts));
@@ -295,11 +346,16 @@ pub(crate) fn pattern_bound(lp: &PatternLp) -> f64 {
         }
         best_lb = best_lb.max(covered(&values, items) / theta);
         last_values = Some(values);
+        last_search = search;
         if found.is_empty() {
-            break;
+            if theta <= 1.0 + 1e-9 || search >= budget.final_search {
+                break;
+            }
+            search = search.saturating_mul(4).min(budget.final_search);
+            continue;
         }
         found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (_, ki, counts) in found.into_iter().take(COLUMNS_PER_ROUND) {
+        for (_, ki, counts) in found.into_iter().take(budget.columns_per_round) {
             cols.push(
                 counts
                     .iter()
@@ -311,10 +367,10 @@ pub(crate) fn pattern_bound(lp: &PatternLp) -> f64 {
         }
     }
     // A deeper search on the last values tightens θ where the short one stopped early.
-    if let Some(values) = last_values {
+    if let Some(values) = last_values.filter(|_| last_search < budget.final_search) {
         let mut theta = 1.0f64;
         for kind in &lp.kinds {
-            let r = best_pattern(kind, items, &values, FINAL_BUDGET);
+            let r = best_pattern(kind, items, &values, budget.final_search);
             theta = theta.max(ratio(r.upper, kind.price));
         }
         best_lb = best_lb.max(covered(&values, items) / theta);
@@ -429,6 +485,17 @@ fn best_pattern(
             o
         })
         .collect();
+    let lambda = knapsack_multipliers(kind, items, values, &cand);
+    let reduced: Vec<f64> = cand
+        .iter()
+        .map(|(s, _)| {
+            let price: f64 = (0..DIMS)
+                .filter(|d| lambda[*d] > 0.0 && kind.room[*d] > 0)
+                .map(|d| lambda[d] * items[*s].req[d].max(0) as f64 / kind.room[d] as f64)
+                .sum();
+            (values[*s] - price).max(0.0)
+        })
+        .collect();
     let mut search = Knapsack {
         kind,
         items,
@@ -437,6 +504,8 @@ fn best_pattern(
         lambdas: &lambdas,
         weights: &weights,
         orders: &orders,
+        lambda: &lambda,
+        reduced: &reduced,
         counts: vec![0; cand.len()],
         best: 0.0,
         best_counts: vec![0; cand.len()],
@@ -449,6 +518,170 @@ fn best_pattern(
     }
     out.upper = upper.max(search.best);
     out
+}
+
+/// Multipliers for the resources of one node kind: the duals of the knapsack's LP relaxation
+/// `max Σ v_p x_p  s.t.  Σ_p (req_p,d ÷ room_d) x_p ≤ 1 per resource d, 0 ≤ x_p ≤ most_p`.
+///
+/// The Lagrangian bound with these multipliers equals that LP's value, which is far tighter
+/// than any single-resource relaxation when pods of different shapes compete for different
+/// resources. Validity does not depend on the solve being exact: any `λ ≥ 0` gives an upper
+/// bound, so a failed or inexact solve only returns a weaker one (zeros: no Lagrangian bound).
+fn knapsack_multipliers(
+    kind: &PatternKind,
+    items: &[PatternItem],
+    values: &[f64],
+    cand: &[(usize, u32)],
+) -> [f64; DIMS] {
+    let mut out = [0.0; DIMS];
+    let dims: Vec<usize> = (0..DIMS)
+        .filter(|d| kind.room[*d] > 0 && cand.iter().any(|(s, _)| items[*s].req[*d] > 0))
+        .collect();
+    if dims.is_empty() || cand.is_empty() {
+        return out;
+    }
+    let a: Vec<Vec<f64>> = dims
+        .iter()
+        .map(|d| {
+            cand.iter()
+                .map(|(s, _)| items[*s].req[*d].max(0) as f64 / kind.room[*d] as f64)
+                .collect()
+        })
+        .collect();
+    let c: Vec<f64> = cand.iter().map(|(s, _)| values[*s]).collect();
+    let u: Vec<f64> = cand.iter().map(|(_, most)| f64::from(*most)).collect();
+    if let Some(y) = bounded_packing_duals(&a, &c, &u) {
+        for (i, d) in dims.iter().enumerate() {
+            out[*d] = y[i].max(0.0);
+        }
+    }
+    out
+}
+
+/// Row duals of `max c·x  s.t.  A x ≤ 1, 0 ≤ x ≤ u` (`a` is `rows × columns`, `c ≥ 0`), by a
+/// bounded-variable revised simplex started from the all-slack basis; `None` if it does not
+/// finish. Small dense problems only (a handful of rows, tens of columns).
+fn bounded_packing_duals(a: &[Vec<f64>], c: &[f64], u: &[f64]) -> Option<Vec<f64>> {
+    let r = a.len();
+    let n = c.len();
+    let eps = 1e-10;
+    // Variables 0..n structural (bounds [0, u]), n..n+r slacks (bounds [0, ∞)).
+    let col = |j: usize, i: usize| -> f64 {
+        if j < n {
+            a[i][j]
+        } else if j - n == i {
+            1.0
+        } else {
+            0.0
+        }
+    };
+    let cost = |j: usize| -> f64 { if j < n { c[j] } else { 0.0 } };
+    let upper = |j: usize| -> f64 { if j < n { u[j] } else { f64::INFINITY } };
+    let mut basis: Vec<usize> = (0..r).map(|i| n + i).collect();
+    let mut is_basic = vec![false; n + r];
+    for i in 0..r {
+        is_basic[n + i] = true;
+    }
+    let mut at_upper = vec![false; n + r];
+    let mut binv = vec![vec![0.0f64; r]; r];
+    for (i, row) in binv.iter_mut().enumerate() {
+        row[i] = 1.0;
+    }
+    let mut xb = vec![1.0f64; r];
+    let mut y = vec![0.0f64; r];
+    for iter in 0..(50 * (n + r) + 100) {
+        let bland = iter > 20 * (n + r);
+        for v in y.iter_mut() {
+            *v = 0.0;
+        }
+        for (k, &bj) in basis.iter().enumerate() {
+            let cb = cost(bj);
+            if cb != 0.0 {
+                for i in 0..r {
+                    y[i] += cb * binv[k][i];
+                }
+            }
+        }
+        // Entering: a nonbasic variable whose move off its bound gains.
+        let mut enter: Option<(usize, f64)> = None;
+        for j in 0..n + r {
+            if is_basic[j] {
+                continue;
+            }
+            let mut d = cost(j);
+            for i in 0..r {
+                d -= y[i] * col(j, i);
+            }
+            let gain = if at_upper[j] { -d } else { d };
+            if gain > eps && enter.is_none_or(|(_, g)| gain > g) {
+                enter = Some((j, gain));
+                if bland {
+                    break;
+                }
+            }
+        }
+        let Some((j, _)) = enter else {
+            return Some(y);
+        };
+        let dir = if at_upper[j] { -1.0 } else { 1.0 };
+        let alpha: Vec<f64> = (0..r)
+            .map(|k| (0..r).map(|i| binv[k][i] * col(j, i)).sum())
+            .collect();
+        let mut t = upper(j);
+        let mut leave: Option<(usize, bool)> = None;
+        for k in 0..r {
+            let delta = dir * alpha[k];
+            if delta > eps {
+                let lim = xb[k] / delta;
+                if lim < t {
+                    t = lim;
+                    leave = Some((k, false));
+                }
+            } else if delta < -eps {
+                let ub = upper(basis[k]);
+                if ub.is_finite() {
+                    let lim = (ub - xb[k]) / -delta;
+                    if lim < t {
+                        t = lim;
+                        leave = Some((k, true));
+                    }
+                }
+            }
+        }
+        if !t.is_finite() {
+            return None;
+        }
+        let t = t.max(0.0);
+        for k in 0..r {
+            xb[k] -= t * dir * alpha[k];
+        }
+        match leave {
+            None => at_upper[j] = !at_upper[j],
+            Some((l, to_upper)) => {
+                let entering_value = if at_upper[j] { upper(j) } else { 0.0 } + dir * t;
+                let out = basis[l];
+                is_basic[out] = false;
+                at_upper[out] = to_upper;
+                is_basic[j] = true;
+                at_upper[j] = false;
+                let pivot = alpha[l];
+                for i in 0..r {
+                    binv[l][i] /= pivot;
+                }
+                for k in 0..r {
+                    if k != l && alpha[k] != 0.0 {
+                        let f = alpha[k];
+                        for i in 0..r {
+                            binv[k][i] -= f * binv[l][i];
+                        }
+                    }
+                }
+                basis[l] = j;
+                xb[l] = entering_value;
+            }
+        }
+    }
+    None
 }
 
 /// Depth-first branch and bound over the candidate items of one node kind.
@@ -464,6 +697,11 @@ struct Knapsack<'k> {
     weights: &'k [Vec<f64>],
     /// Per constraint: candidates by value per weight, best first.
     orders: &'k [Vec<usize>],
+    /// Lagrange multipliers on the resources (per unit of the node's room), from the root's LP
+    /// relaxation; any non-negative values give a valid bound.
+    lambda: &'k [f64; DIMS],
+    /// Per candidate: its value less the multipliers' price of its requests, floored at 0.
+    reduced: &'k [f64],
     counts: Vec<u32>,
     best: f64,
     best_counts: Vec<u32>,
@@ -487,7 +725,17 @@ impl Knapsack<'_> {
                 }
             })
             .collect();
-        let mut best = f64::INFINITY;
+        // Lagrangian bound: Σ_d λ_d free_d + Σ_p cap_p (v_p − λ·req_p)⁺ ≥ the value of any
+        // pattern within `free` and the caps, for any λ ≥ 0.
+        let mut best: f64 = (0..DIMS)
+            .filter(|d| self.lambda[*d] > 0.0 && self.kind.room[*d] > 0)
+            .map(|d| self.lambda[d] * free[d].max(0) as f64 / self.kind.room[d] as f64)
+            .sum::<f64>()
+            + caps
+                .iter()
+                .zip(self.reduced)
+                .map(|(c, r)| c * r)
+                .sum::<f64>();
         for (c, l) in self.lambdas.iter().enumerate() {
             let mut cap: f64 = (0..DIMS)
                 .filter(|d| l[*d] > 0.0 && self.kind.room[*d] > 0)
@@ -685,6 +933,7 @@ mod tests {
                 price: 1.0,
                 allowed: vec![true],
             }],
+            seeds: vec![],
         };
         let v = pattern_bound(&lp);
         assert!((v - 3.0).abs() < 1e-6, "{v}");
@@ -715,6 +964,7 @@ mod tests {
                 price: 1.0,
                 allowed: vec![true, true],
             }],
+            seeds: vec![],
         };
         let v = pattern_bound(&lp);
         assert!((v - 4.0).abs() < 1e-6, "{v}");
@@ -750,11 +1000,70 @@ mod tests {
                         allowed: (0..n).map(|s| allow & (1 << s) != 0 || s == 0).collect(),
                     })
                     .collect(),
+                seeds: vec![],
             };
+            // Seeds only steer column generation: any pattern at any price must keep the bound valid.
+            let mut lp = lp;
+            lp.seeds = (0..n).map(|s| {
+                let mut c = vec![0; n];
+                c[s] = 1;
+                (c, 0.05 * (s + 1) as f64)
+            }).collect();
             let opt = brute_force_optimum(&lp);
             let v = pattern_bound(&lp);
             prop_assert!(v <= opt * (1.0 + 1e-9) + 1e-9, "bound {} > optimum {}", v, opt);
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// The knapsack's upper bound (Lagrangian multipliers from the LP relaxation, and the
+        /// single-resource relaxations) is never below the best pattern, even when the search
+        /// is cut off after a few nodes.
+        #[test]
+        fn knapsack_upper_bound_holds_with_any_budget(
+            items in prop::collection::vec((1i64..6, 1i64..6, 1u32..4, 1u32..4), 1..5),
+            room_cpu in 2i64..14,
+            room_mem in 2i64..14,
+            room_pods in 1i64..7,
+            values in prop::collection::vec(0u32..100, 5),
+            budget in 1u32..40,
+        ) {
+            let lp = PatternLp {
+                items: items
+                    .iter()
+                    .map(|(c, m, d, cap)| PatternItem {
+                        req: amount(*c, *m),
+                        demand: *d,
+                        cap: (*cap).min(*d),
+                        conflicts: vec![],
+                    })
+                    .collect(),
+                kinds: vec![PatternKind {
+                    room: room(room_cpu, room_mem, room_pods),
+                    price: 1.0,
+                    allowed: vec![true; items.len()],
+                }],
+                seeds: vec![],
+            };
+            let v: Vec<f64> = values.iter().take(items.len()).map(|x| f64::from(*x) / 10.0).collect();
+            let best = patterns(&lp, &lp.kinds[0])
+                .iter()
+                .map(|p| p.iter().zip(&v).map(|(k, x)| f64::from(*k) * x).sum::<f64>())
+                .fold(0.0f64, f64::max);
+            let r = best_pattern(&lp.kinds[0], &lp.items, &v, budget);
+            prop_assert!(r.upper >= best * (1.0 - 1e-9) - 1e-9, "upper {} < best {}", r.upper, best);
+            prop_assert!(r.value <= best * (1.0 + 1e-9) + 1e-9);
+        }
+    }
+
+    #[test]
+    fn packing_lp_duals_price_the_binding_resource() {
+        // max 3x + 2y s.t. x + y ≤ 1 (scaled), x ≤ 0.5: x = 0.5, y = 0.5, value 2.5; the dual
+        // of the row is 2 (y's value per unit).
+        let a = vec![vec![1.0, 1.0]];
+        let y = bounded_packing_duals(&a, &[3.0, 2.0], &[0.5, 10.0]).unwrap();
+        assert!((y[0] - 2.0).abs() < 1e-9, "{y:?}");
     }
 
     #[test]
