@@ -655,7 +655,8 @@ mod tests {
         }
 
         fn claim(&self, name: &str) -> Option<NodeClaim> {
-            self.cluster.read(|s| s.claims.get(name).map(|c| NodeClaim::clone(c)))
+            self.cluster
+                .read(|s| s.claims.get(name).map(|c| NodeClaim::clone(c)))
         }
     }
 

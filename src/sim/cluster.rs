@@ -306,7 +306,11 @@ impl SimCluster {
                 .pods
                 .get_mut(uid)
                 .ok_or_else(|| ClusterError::NotFound(format!("pod {uid}")))?;
-            if shared.spec.as_ref().is_some_and(|sp| sp.node_name.is_some()) {
+            if shared
+                .spec
+                .as_ref()
+                .is_some_and(|sp| sp.node_name.is_some())
+            {
                 return Err(ClusterError::Conflict(format!("pod {uid} already bound")));
             }
             let pod = Arc::make_mut(shared);

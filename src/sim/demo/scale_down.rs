@@ -581,7 +581,8 @@ impl Phase2 {
                 s.daemonsets.clone(),
             )
         });
-        r.lower_bound_per_hour_after = super::lower_bound(pods.iter().map(|p| &**p), &pools, &daemonsets, catalog, now);
+        r.lower_bound_per_hour_after =
+            super::lower_bound(pods.iter().map(|p| &**p), &pools, &daemonsets, catalog, now);
         r.simulated_seconds = now.duration_since(self.began).as_secs_f64();
         r.wall_seconds = self.wall.elapsed().as_secs_f64();
         r
