@@ -781,6 +781,35 @@ fn arb_pod(i: usize) -> impl Strategy<Value = PodDemand> {
         })
 }
 
+/// A tainted spot pool with an optional node limit and an on-demand pool with `od_requirements`
+/// (none: the default pool's), for the property tests.
+fn two_pools(limit: Option<i64>, od_requirements: Vec<Requirement>) -> [NodePoolView; 2] {
+    let spot = NodePoolView {
+        name: "spot".into(),
+        weight: 10,
+        requirements: Requirements(vec![Requirement::is_in(
+            "karpenter.sh/capacity-type",
+            &["spot"],
+        )]),
+        taints: vec![Taint::new("spot", "true", Effect::NoSchedule)],
+        daemon_overhead: Resources::cpu_mem(200, 256 * MI),
+        limits: PoolLimits {
+            nodes: limit,
+            ..Default::default()
+        },
+        ..NodePoolView::default_pool()
+    };
+    let mut od = NodePoolView {
+        name: "od".into(),
+        daemon_overhead: Resources::cpu_mem(100, 128 * MI),
+        ..NodePoolView::default_pool()
+    };
+    if !od_requirements.is_empty() {
+        od.requirements = Requirements(od_requirements);
+    }
+    [spot, od]
+}
+
 fn arb_pods() -> impl Strategy<Value = Vec<PodDemand>> {
     (1usize..40).prop_flat_map(|n| (0..n).map(arb_pod).collect::<Vec<_>>())
 }
@@ -790,26 +819,11 @@ proptest! {
 
     #[test]
     fn plans_keep_their_invariants(ps in arb_pods(), limit in prop::option::of(1i64..6)) {
-        let spot = NodePoolView {
-            name: "spot".into(),
-            weight: 10,
-            requirements: Requirements(vec![Requirement::is_in("karpenter.sh/capacity-type", &["spot"])]),
-            taints: vec![Taint::new("spot", "true", Effect::NoSchedule)],
-            daemon_overhead: Resources::cpu_mem(200, 256 * MI),
-            limits: PoolLimits { nodes: limit, ..Default::default() },
-            ..NodePoolView::default_pool()
-        };
-        let od = NodePoolView {
-            name: "od".into(),
-            requirements: Requirements(vec![
-                Requirement::is_in("karpenter.sh/capacity-type", &["on-demand"]),
-                Requirement::new("karpenter.k8s.aws/instance-cpu", "Lt", &["33".to_string()]).unwrap(),
-            ]),
-            daemon_overhead: Resources::cpu_mem(100, 128 * MI),
-            ..NodePoolView::default_pool()
-        };
         // check_invariants asserts inside run.
-        let pools = [spot, od];
+        let pools = two_pools(limit, vec![
+            Requirement::is_in("karpenter.sh/capacity-type", &["on-demand"]),
+            Requirement::new("karpenter.k8s.aws/instance-cpu", "Lt", &["33".to_string()]).unwrap(),
+        ]);
         let p = run(&ps, &pools);
         prop_assert!(p.claims.iter().all(|c| !c.pods.is_empty()));
         // The LP bound really is a lower bound.
@@ -834,21 +848,7 @@ proptest! {
     #[test]
     fn improvement_pass_never_raises_cost(ps in arb_pods(), limit in prop::option::of(1i64..6)) {
         use gantry::plan::binpack::{Order, Packer, Strategy as Packing};
-        let spot = NodePoolView {
-            name: "spot".into(),
-            weight: 10,
-            requirements: Requirements(vec![Requirement::is_in("karpenter.sh/capacity-type", &["spot"])]),
-            taints: vec![Taint::new("spot", "true", Effect::NoSchedule)],
-            daemon_overhead: Resources::cpu_mem(200, 256 * MI),
-            limits: PoolLimits { nodes: limit, ..Default::default() },
-            ..NodePoolView::default_pool()
-        };
-        let od = NodePoolView {
-            name: "od".into(),
-            daemon_overhead: Resources::cpu_mem(100, 128 * MI),
-            ..NodePoolView::default_pool()
-        };
-        let pools = [spot, od];
+        let pools = two_pools(limit, Vec::new());
         let input = PlanInput {
             pods: &ps,
             pools: &pools,

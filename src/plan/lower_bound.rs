@@ -315,13 +315,7 @@ pub(crate) fn pattern_bound_with(lp: &PatternLp, budget: &PatternBudget) -> f64 
     }
     for (counts, price) in &lp.seeds {
         if counts.len() == m && *price > 0.0 {
-            cols.push(
-                counts
-                    .iter()
-                    .zip(&demand)
-                    .map(|(c, d)| f64::from(*c) / d)
-                    .collect(),
-            );
+            cols.push(pattern_column(counts, &demand));
             costs.push(*price);
         }
     }
@@ -356,13 +350,7 @@ pub(crate) fn pattern_bound_with(lp: &PatternLp, budget: &PatternBudget) -> f64 
         }
         found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for (_, ki, counts) in found.into_iter().take(budget.columns_per_round) {
-            cols.push(
-                counts
-                    .iter()
-                    .zip(&demand)
-                    .map(|(c, d)| f64::from(*c) / d)
-                    .collect(),
-            );
+            cols.push(pattern_column(&counts, &demand));
             costs.push(lp.kinds[ki].price);
         }
     }
@@ -379,6 +367,15 @@ pub(crate) fn pattern_bound_with(lp: &PatternLp, budget: &PatternBudget) -> f64 
 }
 
 /// `Σ_s d_s v_s`: what the values say covering every pod is worth.
+/// A pattern's column in the cover LP: the share of each item's demand one node of it covers.
+fn pattern_column(counts: &[u32], demand: &[f64]) -> Vec<f64> {
+    counts
+        .iter()
+        .zip(demand)
+        .map(|(c, d)| f64::from(*c) / d)
+        .collect()
+}
+
 fn covered(values: &[f64], items: &[PatternItem]) -> f64 {
     values
         .iter()
