@@ -277,7 +277,7 @@ fn apply(index: &mut ClusterIndex, relist: &mut Relist, app: &AppState, event: W
             );
         }
         WatchEvent::Pod(ev) => match ev {
-            Event::Apply(p) => apply_pod(index, app, &p),
+            Event::Apply(p) => apply_pod(index, app, p),
             Event::Delete(p) => {
                 let uid = p.metadata.uid.as_deref().unwrap_or_default();
                 index.delete_pod(uid);
@@ -288,7 +288,7 @@ fn apply(index: &mut ClusterIndex, relist: &mut Relist, app: &AppState, event: W
             Event::InitDone => {
                 index.reset_pods();
                 for p in relist.pods.take().unwrap_or_default() {
-                    apply_pod(index, app, &p);
+                    apply_pod(index, app, p);
                 }
                 index.set_pods_synced();
                 info!(pods = index.pod_count(), "pod cache synced");
@@ -297,18 +297,21 @@ fn apply(index: &mut ClusterIndex, relist: &mut Relist, app: &AppState, event: W
     }
 }
 
-fn apply_pod(index: &mut ClusterIndex, app: &AppState, pod: &Pod) {
-    index_pod(index, &app.ledger, pod, jiff::Timestamp::now());
+fn apply_pod(index: &mut ClusterIndex, app: &AppState, pod: Pod) {
+    index_pod(
+        index,
+        &app.ledger,
+        std::sync::Arc::new(pod),
+        jiff::Timestamp::now(),
+    );
 }
 
 /// Indexes a pod and keeps the demand ledger in step with its scheduling state; shared by the
 /// watches and the simulated cluster so both feed decisions the same way.
-pub fn index_pod(index: &mut ClusterIndex, ledger: &DemandLedger, pod: &Pod, now: jiff::Timestamp) {
-    index_shared_pod(index, ledger, std::sync::Arc::new(pod.clone()), now);
-}
-
-/// [`index_pod`] for a pod the caller already shares, so the index holds the same copy.
-pub fn index_shared_pod(
+///
+/// The index keeps `pod` itself, so a caller that also holds it (the simulated API server's
+/// store) shares one copy.
+pub fn index_pod(
     index: &mut ClusterIndex,
     ledger: &DemandLedger,
     pod: std::sync::Arc<Pod>,

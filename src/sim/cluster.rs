@@ -18,7 +18,7 @@ use crate::disruption::execute;
 use crate::kube::api::{ClusterApi, ClusterError, EventRecord, NodePatch};
 use crate::kube::crd::{EC2NodeClass, NodeClaim, NodeClaimStatus, NodePool};
 use crate::kube::views::node_view;
-use crate::kube::watch::index_shared_pod;
+use crate::kube::watch::index_pod;
 use crate::model::labels::TERMINATION_FINALIZER;
 use crate::sim::pdb::{self, EvictionVerdict};
 use crate::state::{ClusterIndex, DemandLedger, SharedState};
@@ -212,7 +212,7 @@ impl SimCluster {
                         .status
                         .get_or_insert_with(PodStatus::default);
                     set_pod_condition(status, "Ready", "True", None, t.clone());
-                    index_shared_pod(&mut s.index, &ledger, pod.clone(), now);
+                    index_pod(&mut s.index, &ledger, pod.clone(), now);
                 }
             }
         });
@@ -261,7 +261,7 @@ impl SimCluster {
             pod.status.get_or_insert_with(PodStatus::default).phase = Some("Pending".into());
             let now = s.now;
             let pod = Arc::new(pod);
-            index_shared_pod(&mut s.index, &ledger, pod.clone(), now);
+            index_pod(&mut s.index, &ledger, pod.clone(), now);
             s.pods.insert(uid.clone(), pod);
             uid
         })
@@ -273,7 +273,7 @@ impl SimCluster {
         self.mutate(|s| {
             let now = s.now;
             let pod = Arc::new(pod);
-            index_shared_pod(&mut s.index, &ledger, pod.clone(), now);
+            index_pod(&mut s.index, &ledger, pod.clone(), now);
             if let Some(uid) = pod.metadata.uid.clone() {
                 s.pods.insert(uid, pod);
             }
@@ -326,7 +326,7 @@ impl SimCluster {
                 "False"
             };
             set_pod_condition(status, "Ready", ready, None, t);
-            index_shared_pod(&mut s.index, &ledger, shared.clone(), now);
+            index_pod(&mut s.index, &ledger, shared.clone(), now);
             Ok(())
         })
     }
@@ -354,7 +354,7 @@ impl SimCluster {
                     t,
                 );
                 if !already {
-                    index_shared_pod(&mut s.index, &ledger, shared.clone(), now);
+                    index_pod(&mut s.index, &ledger, shared.clone(), now);
                 }
             }
         });

@@ -211,11 +211,6 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted.get(idx).copied().unwrap_or(0.0)
 }
 
-/// The LP lower bound of the scenario's pods over its pools, from an empty cluster.
-pub fn scenario_lower_bound(s: &Scenario, catalog: &Catalog, now: jiff::Timestamp) -> f64 {
-    lower_bound(s.pods(), &s.nodepools, &s.daemonsets, catalog, now)
-}
-
 /// The LP lower bound of `pods` over `nodepools` from an empty cluster, with the DaemonSets'
 /// overhead on every node; the yardstick for a fleet's cost.
 pub fn lower_bound<P: std::borrow::Borrow<k8s_openapi::api::core::v1::Pod>>(
@@ -448,7 +443,17 @@ impl Simulation {
         for p in scenario.pods() {
             cluster.add_pod(p);
         }
-        let lower_bound = scenario_lower_bound(scenario, &catalog, t0);
+        // The cluster holds exactly the scenario's pods now; bound them there rather than
+        // making every pod a second time.
+        let bound = cluster.read(|s| {
+            lower_bound(
+                s.pod_objects(),
+                &scenario.nodepools,
+                &scenario.daemonsets,
+                &catalog,
+                t0,
+            )
+        });
         let provisioner_config = ProvisionerConfig {
             batch: BatchPolicy {
                 idle: args.batch_idle,
@@ -485,7 +490,7 @@ impl Simulation {
             ttb: Vec::new(),
             report: DemoReport {
                 pods_total: scenario.pod_count(),
-                lower_bound_per_hour: lower_bound,
+                lower_bound_per_hour: bound,
                 ..Default::default()
             },
             app,
