@@ -27,6 +27,18 @@ fn run(pods: &[PodDemand], pools: &[NodePoolView]) -> Plan {
     run_with(pods, pools, &[], &[])
 }
 
+/// The planner's input for `pods` on an empty cluster with the embedded catalog.
+fn empty_cluster<'a>(pods: &'a [PodDemand], pools: &'a [NodePoolView]) -> PlanInput<'a> {
+    PlanInput {
+        pods,
+        pools,
+        catalog: catalog(),
+        nodes: &[],
+        in_flight: &[],
+        now: jiff::Timestamp::UNIX_EPOCH,
+    }
+}
+
 fn run_with(
     pods: &[PodDemand],
     pools: &[NodePoolView],
@@ -34,12 +46,9 @@ fn run_with(
     in_flight: &[ClaimView],
 ) -> Plan {
     let input = PlanInput {
-        pods,
-        pools,
-        catalog: catalog(),
         nodes,
         in_flight,
-        now: jiff::Timestamp::UNIX_EPOCH,
+        ..empty_cluster(pods, pools)
     };
     let p = plan(&input);
     check_invariants(&input, &p);
@@ -595,14 +604,7 @@ fn existing_nodes_and_in_flight_claims_are_used_first() {
 fn plan_cost_is_near_the_lower_bound_for_uniform_pods() {
     let ps = pods(400, "u", 1000, 4 * GI);
     let pools = default_pool();
-    let input = PlanInput {
-        pods: &ps,
-        pools: &pools,
-        catalog: catalog(),
-        nodes: &[],
-        in_flight: &[],
-        now: jiff::Timestamp::UNIX_EPOCH,
-    };
+    let input = empty_cluster(&ps, &pools);
     let p = plan(&input);
     let lb = plan_lower_bound(&input, &p);
     assert!(
@@ -827,14 +829,7 @@ proptest! {
         let p = run(&ps, &pools);
         prop_assert!(p.claims.iter().all(|c| !c.pods.is_empty()));
         // The LP bound really is a lower bound.
-        let input = PlanInput {
-            pods: &ps,
-            pools: &pools,
-            catalog: catalog(),
-            nodes: &[],
-            in_flight: &[],
-            now: jiff::Timestamp::UNIX_EPOCH,
-        };
+        let input = empty_cluster(&ps, &pools);
         let lb = plan_lower_bound(&input, &p);
         prop_assert!(lb <= p.cost_per_hour() * (1.0 + 1e-6) + 1e-9, "bound {lb} > cost {}", p.cost_per_hour());
     }
@@ -849,14 +844,7 @@ proptest! {
     fn improvement_pass_never_raises_cost(ps in arb_pods(), limit in prop::option::of(1i64..6)) {
         use gantry::plan::binpack::{Order, Packer, Strategy as Packing};
         let pools = two_pools(limit, Vec::new());
-        let input = PlanInput {
-            pods: &ps,
-            pools: &pools,
-            catalog: catalog(),
-            nodes: &[],
-            in_flight: &[],
-            now: jiff::Timestamp::UNIX_EPOCH,
-        };
+        let input = empty_cluster(&ps, &pools);
         for (strategy, order) in [(Packing::PerPod, Order::Dominant), (Packing::Proportional, Order::Cpu)] {
             let mut packed = Packer::new(&input).packed(strategy, order);
             let before = packed.outcome();

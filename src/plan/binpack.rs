@@ -173,6 +173,24 @@ fn has_bit(set: &[u64], i: usize) -> bool {
     set.get(i / 64).is_some_and(|w| w & (1u64 << (i % 64)) != 0)
 }
 
+impl Shape {
+    /// Whether a node holding `members` (shape index, count) keeps within this shape's hostname
+    /// spread limits.
+    fn within_host_spread<'a>(
+        &self,
+        members: impl Iterator<Item = &'a (usize, u32)> + Clone,
+    ) -> bool {
+        self.host_spread.iter().all(|(max, set)| {
+            let n: u32 = members
+                .clone()
+                .filter(|(t, _)| has_bit(set, *t))
+                .map(|(_, c)| *c)
+                .sum();
+            n <= *max
+        })
+    }
+}
+
 fn set_bit(set: &mut [u64], i: usize) {
     if let Some(w) = set.get_mut(i / 64) {
         *w |= 1u64 << (i % 64);
@@ -1314,16 +1332,8 @@ impl<'a> Packer<'a> {
             if b.iter().any(|(t, _)| has_bit(&shape.conflicts, *t)) {
                 return false;
             }
-            for (max, set) in &shape.host_spread {
-                let n: u32 = a
-                    .iter()
-                    .chain(b)
-                    .filter(|(t, _)| has_bit(set, *t))
-                    .map(|(_, c)| *c)
-                    .sum();
-                if n > *max {
-                    return false;
-                }
+            if !shape.within_host_spread(a.iter().chain(b)) {
+                return false;
             }
         }
         true
@@ -1485,15 +1495,8 @@ impl<'a> Packer<'a> {
             {
                 return false;
             }
-            for (max, set) in &shape.host_spread {
-                let n: u32 = members
-                    .iter()
-                    .filter(|(t, _)| has_bit(set, *t))
-                    .map(|(_, k)| *k)
-                    .sum();
-                if n > *max {
-                    return false;
-                }
+            if !shape.within_host_spread(members.iter()) {
+                return false;
             }
         }
         true
