@@ -203,6 +203,11 @@ pub enum DemoError {
     Write(#[from] std::io::Error),
 }
 
+/// Cost over its lower bound, or 0 when there is no bound to compare with.
+fn cost_ratio(cost: f64, bound: f64) -> f64 {
+    if bound > 0.0 { cost / bound } else { 0.0 }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -837,11 +842,7 @@ pub fn render(r: &DemoReport) -> String {
     for (k, n) in &r.nodes_by_type {
         s.push_str(&format!("  {n:>4}  {k}\n"));
     }
-    let ratio = if r.lower_bound_per_hour > 0.0 {
-        r.cost_per_hour / r.lower_bound_per_hour
-    } else {
-        0.0
-    };
+    let ratio = cost_ratio(r.cost_per_hour, r.lower_bound_per_hour);
     s.push_str(&format!(
         "\ncost: ${:.3}/h   lower bound ${:.3}/h   ratio {:.3}\n",
         r.cost_per_hour, r.lower_bound_per_hour, ratio

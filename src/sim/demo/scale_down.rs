@@ -598,11 +598,7 @@ pub fn render(d: &ScaleDownReport) -> String {
         "deleted {} pods (Deployments scaled in); {} of {} workload pods bound at the end\n",
         d.pods_deleted, d.pods_bound, d.pods_total
     ));
-    let ratio = if d.lower_bound_per_hour_after > 0.0 {
-        d.cost_per_hour_after / d.lower_bound_per_hour_after
-    } else {
-        0.0
-    };
+    let ratio = super::cost_ratio(d.cost_per_hour_after, d.lower_bound_per_hour_after);
     s.push_str(&format!(
         "nodes: {} -> {}   removed {}, added {}   replacements launched: {}\n",
         d.nodes_before, d.nodes_after, d.nodes_removed, d.nodes_added, d.replacements_launched
