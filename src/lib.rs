@@ -13,6 +13,7 @@
 //! are pure functions over plain data; adapters translate Kubernetes and EC2 objects into them.
 
 pub mod admission;
+pub mod alloc;
 pub mod certs;
 pub mod cli;
 pub mod cloud;

@@ -15,6 +15,8 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn main() -> Result<()> {
+    // Before any thread starts: two arenas serve the runtime's workers (see `gantry::alloc`).
+    gantry::alloc::limit_arenas(2);
     // Two providers can end up linked in; pick one before any TLS config is built.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();

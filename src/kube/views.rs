@@ -3,6 +3,8 @@
 //! Malformed fields never fail a translation: a bad quantity counts as zero and is reported, so
 //! one odd object cannot break a watch stream or a scheduler call.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::{Node, Pod};
 
 pub use crate::model::pod::pod_requests;
@@ -38,7 +40,7 @@ pub fn node_view(node: &Node) -> NodeView {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     NodeView {
         name: meta.name.clone().unwrap_or_default(),
-        labels: meta.labels.clone().unwrap_or_default(),
+        labels: Arc::new(meta.labels.clone().unwrap_or_default()),
         taints,
         allocatable,
         requested: Resources::default(),
@@ -72,24 +74,13 @@ pub fn pod_view(pod: &Pod) -> PodView {
                     && c.reason.as_deref() == Some("Unschedulable")
             })
         });
-    let daemon = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.kind == "DaemonSet");
     PodView {
         uid: meta.uid.clone().unwrap_or_default(),
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
         node_name: spec.and_then(|s| s.node_name.clone()),
         requests,
         terminal: matches!(phase, Some("Succeeded") | Some("Failed")),
         unschedulable,
-        scheduler_name: spec
-            .and_then(|s| s.scheduler_name.clone())
-            .unwrap_or_else(|| "default-scheduler".to_string()),
-        daemon,
-        running: phase == Some("Running"),
+        object: None,
     }
 }
 

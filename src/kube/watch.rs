@@ -323,8 +323,8 @@ pub fn index_pod(
     } else if view.unschedulable {
         ledger.record(DemandEntry {
             uid: view.uid.clone(),
-            namespace: view.namespace.clone(),
-            name: view.name.clone(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
             source: DemandSource::PodWatch,
             reason: "scheduler reported the pod unschedulable".into(),
             first_seen_unix: now.as_second(),

@@ -187,7 +187,7 @@ pub fn build(snapshot: &ClusterSnapshot, pending: &[String], catalog: &Catalog) 
         input.nodes.push(PlanNode {
             name: n.name.clone(),
             pool: n.labels.get(NODEPOOL).cloned(),
-            labels: n.labels.clone(),
+            labels: (*n.labels).clone(),
             // The gates lift on their own; planning treats gated nodes as capacity to come.
             taints: n
                 .taints

@@ -110,7 +110,7 @@ pub struct StepStats {
 }
 
 /// A pod already on a node, as the fit check needs it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PlacedPod {
     /// Namespace.
     pub namespace: String,
@@ -134,13 +134,23 @@ impl PlacedPod {
     }
 }
 
+/// The shared copy of a placement, made on first sight.
+fn intern(shapes: &mut HashSet<Arc<PlacedPod>>, shape: PlacedPod) -> Arc<PlacedPod> {
+    if let Some(shared) = shapes.get(&shape) {
+        return shared.clone();
+    }
+    let shared = Arc::new(shape);
+    shapes.insert(shared.clone());
+    shared
+}
+
 /// A node as the fit check sees it, including pods assumed onto it earlier in the tick.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeCandidate {
     /// Node name.
     pub name: String,
     /// Labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Taints.
     pub taints: Vec<Taint>,
     /// What pods may use.
@@ -423,6 +433,9 @@ pub struct SchedulerStandIn {
     config: SchedulerConfig,
     queue: HashMap<String, Queued>,
     placed: HashMap<String, Arc<PlacedPod>>,
+    /// One shared copy per distinct placement (a Deployment's replicas are all alike), so that
+    /// the stand-in's memory grows with workloads, not pods.
+    shapes: HashSet<Arc<PlacedPod>>,
     /// Bumped on a node change or freed room: failed pods may now fit.
     cluster_gen: u64,
     /// Bumped when pods bound or gated nodes came or went: pods with topology rules may now fit.
@@ -444,6 +457,7 @@ impl SchedulerStandIn {
             config,
             queue: HashMap::new(),
             placed: HashMap::new(),
+            shapes: HashSet::new(),
             cluster_gen: 0,
             pod_gen: 0,
             node_fingerprint: (0, 0),
@@ -538,7 +552,7 @@ impl SchedulerStandIn {
                     }
                     self.queue.remove(&uid);
                     bound_any = true;
-                    let placed = Arc::new(PlacedPod::from_demand(&demand));
+                    let placed = intern(&mut self.shapes, PlacedPod::from_demand(&demand));
                     self.placed.insert(uid.clone(), placed.clone());
                     if let Some(n) = index.get(&node).and_then(|i| nodes.get_mut(*i)) {
                         n.requested.add(&demand.requests);
@@ -758,30 +772,18 @@ impl SchedulerStandIn {
                                 if let Some(known) = self.placed.get(uid) {
                                     return known.clone();
                                 }
-                                self.placed
-                                    .entry(uid.to_string())
-                                    .or_insert_with(|| {
-                                        // A pod whose spec does not parse still holds its labels.
-                                        Arc::new(
-                                            PodDemand::from_pod(p).map_or_else(
-                                                |_| PlacedPod {
-                                                    namespace: p
-                                                        .metadata
-                                                        .namespace
-                                                        .clone()
-                                                        .unwrap_or_default(),
-                                                    labels: p
-                                                        .metadata
-                                                        .labels
-                                                        .clone()
-                                                        .unwrap_or_default(),
-                                                    ..Default::default()
-                                                },
-                                                |d| PlacedPod::from_demand(&d),
-                                            ),
-                                        )
-                                    })
-                                    .clone()
+                                // A pod whose spec does not parse still holds its labels.
+                                let shape = PodDemand::from_pod(p).map_or_else(
+                                    |_| PlacedPod {
+                                        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+                                        labels: p.metadata.labels.clone().unwrap_or_default(),
+                                        ..Default::default()
+                                    },
+                                    |d| PlacedPod::from_demand(&d),
+                                );
+                                let shared = intern(&mut self.shapes, shape);
+                                self.placed.insert(uid.to_string(), shared.clone());
+                                shared
                             })
                             .collect()
                     })
@@ -799,6 +801,8 @@ impl SchedulerStandIn {
             })
             .collect();
         self.placed.retain(|uid, _| seen.contains(uid.as_str()));
+        // Shapes no placed pod uses any more (the set holds the last reference).
+        self.shapes.retain(|s| Arc::strong_count(s) > 1);
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -860,7 +864,7 @@ mod tests {
         );
         NodeCandidate {
             name: name.into(),
-            labels,
+            labels: Arc::new(labels),
             allocatable: Resources {
                 cpu,
                 memory: 8 << 30,
@@ -956,7 +960,7 @@ spec:
         );
         let mut n = node("n", 4000);
         assert_eq!(fits(&gpu, &n, &Topology::default()), Err(reasons::AFFINITY));
-        n.labels.insert(
+        Arc::make_mut(&mut n.labels).insert(
             crate::model::labels::CAPACITY_TYPE.into(),
             "on-demand".into(),
         );
@@ -1034,7 +1038,7 @@ spec:
         let mut a = node("a", 4000);
         a.pods.push(placed(&[("app", "web")]));
         let mut b = node("b", 4000);
-        b.labels.insert(
+        Arc::make_mut(&mut b.labels).insert(
             crate::model::labels::ZONE.to_string(),
             "us-east-1b".to_string(),
         );
@@ -1046,7 +1050,7 @@ spec:
         assert_eq!(fits(&zonal, &nodes[0], &spread), Err(reasons::SPREAD));
         assert_eq!(fits(&zonal, &nodes[1], &spread), Ok(()));
         let mut unlabeled = node("c", 4000);
-        unlabeled.labels.remove(crate::model::labels::ZONE);
+        Arc::make_mut(&mut unlabeled.labels).remove(crate::model::labels::ZONE);
         assert_eq!(
             fits(&zonal, &unlabeled, &spread),
             Err(reasons::SPREAD_LABEL)
@@ -1082,7 +1086,7 @@ spec:
         );
         let a = node("a", 4000);
         let mut b = node("b", 4000);
-        b.labels.insert(
+        Arc::make_mut(&mut b.labels).insert(
             crate::model::labels::ZONE.to_string(),
             "us-east-1b".to_string(),
         );

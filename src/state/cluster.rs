@@ -51,8 +51,9 @@ pub type NodeMap = HashMap<String, Arc<NodeView>, FnvBuild>;
 pub struct NodeView {
     /// Node name.
     pub name: String,
-    /// Node labels.
-    pub labels: BTreeMap<String, String>,
+    /// Node labels, shared: a view is copied on every bind (its `requested` changes) and the
+    /// fit checks take the labels too, so copying them each time would dominate.
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Node taints.
     pub taints: Vec<Taint>,
     /// What pods may use.
@@ -85,15 +86,13 @@ impl NodeView {
     }
 }
 
-/// A pod as the index needs it: where it is bound and what it requests.
+/// A pod as the index needs it: where it is bound and what it requests. It carries only what
+/// the index's bookkeeping reads (the rest is in `object`), because there is one per pod in the
+/// cluster.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodView {
     /// Pod UID, the key.
     pub uid: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
     /// `spec.nodeName`, once bound.
     pub node_name: Option<String>,
     /// Effective requests (containers, init containers, overhead).
@@ -102,12 +101,8 @@ pub struct PodView {
     pub terminal: bool,
     /// `PodScheduled=False` with reason `Unschedulable`.
     pub unschedulable: bool,
-    /// `spec.schedulerName`.
-    pub scheduler_name: String,
-    /// Owned by a DaemonSet (runs on every node; never drained or planned).
-    pub daemon: bool,
-    /// Phase is Running.
-    pub running: bool,
+    /// The full object, shared with whoever else holds it, for planning and drains.
+    pub object: Option<Arc<Pod>>,
 }
 
 /// An immutable view of the cluster; readers hold an `Arc` of it for as long as they like.
@@ -158,7 +153,6 @@ pub enum ObjectKind {
 pub struct ClusterIndex {
     nodes: NodeMap,
     pods: HashMap<String, PodView>,
-    pod_objects: HashMap<String, Arc<Pod>>,
     nodeclaims: HashMap<String, Arc<NodeClaim>>,
     nodepools: HashMap<String, Arc<NodePool>>,
     nodeclasses: HashMap<String, Arc<EC2NodeClass>>,
@@ -211,14 +205,13 @@ impl ClusterIndex {
     }
 
     /// Adds or replaces a pod together with its full object (kept for planning and drains).
-    pub fn apply_pod_object(&mut self, view: PodView, pod: Arc<Pod>) {
-        self.pod_objects.insert(view.uid.clone(), pod);
+    pub fn apply_pod_object(&mut self, mut view: PodView, pod: Arc<Pod>) {
+        view.object = Some(pod);
         self.apply_pod(view);
     }
 
     /// Removes a pod and its requests.
     pub fn delete_pod(&mut self, uid: &str) {
-        self.pod_objects.remove(uid);
         if let Some(old) = self.pods.remove(uid) {
             self.unaccount(&old);
         }
@@ -346,7 +339,6 @@ impl ClusterIndex {
     /// Clears pods before a relist, zeroing every node's requested sum.
     pub fn reset_pods(&mut self) {
         self.pods.clear();
-        self.pod_objects.clear();
         self.orphan_requests.clear();
         for n in self.nodes.values_mut() {
             Arc::make_mut(n).requested = Resources::default();
@@ -412,7 +404,7 @@ impl ClusterIndex {
             if view.terminal {
                 continue;
             }
-            let Some(obj) = self.pod_objects.get(uid) else {
+            let Some(obj) = &view.object else {
                 continue;
             };
             match &view.node_name {
@@ -507,8 +499,6 @@ mod tests {
     fn pod(uid: &str, node: Option<&str>, cpu: i64) -> PodView {
         PodView {
             uid: uid.into(),
-            namespace: "default".into(),
-            name: uid.into(),
             node_name: node.map(Into::into),
             requests: Resources::cpu_mem(cpu, 0),
             ..Default::default()
