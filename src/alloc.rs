@@ -2,8 +2,12 @@
 //! few threads, which glibc's defaults (one arena per thread, free pages kept) turn into RSS.
 
 /// Caps malloc arenas so that worker and blocking threads share memory instead of each keeping
-/// its own free lists; called once at start-up, before any thread exists.
+/// its own free lists; called once at start-up, before any thread exists. An operator's
+/// `MALLOC_ARENA_MAX` wins.
 pub fn limit_arenas(arenas: i32) {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a malloc parameter; it is called before other threads start.
     unsafe {
