@@ -13,7 +13,6 @@
 //! are pure functions over plain data; adapters translate Kubernetes and EC2 objects into them.
 
 pub mod admission;
-pub mod alloc;
 pub mod certs;
 pub mod cli;
 pub mod cloud;

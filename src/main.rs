@@ -14,9 +14,29 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// jemalloc, handing freed pages back at once: Gantry's heap is millions of small objects
+/// replaced copy-on-write, which glibc's malloc leaves fragmented (BENCHMARKS.md, demo RSS).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A C string pointer jemalloc reads at start-up; `_RJEM_MALLOC_CONF` still overrides it.
+#[cfg(not(target_env = "msvc"))]
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a `'static` C string literal that nothing writes.
+#[cfg(not(target_env = "msvc"))]
+unsafe impl Sync for MallocConf {}
+
+/// Purge freed pages after 100 ms, from a background thread, rather than after jemalloc's
+/// default 10 s: RSS then follows the live heap (a purge on every free doubles the demo's time).
+#[cfg(not(target_env = "msvc"))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: MallocConf =
+    MallocConf(c"background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0".as_ptr());
+
 fn main() -> Result<()> {
-    // Before any thread starts: two arenas serve the runtime's workers (see `gantry::alloc`).
-    gantry::alloc::limit_arenas(2);
     // Two providers can end up linked in; pick one before any TLS config is built.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();

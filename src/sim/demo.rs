@@ -297,9 +297,6 @@ async fn run_phase(sim: &mut Simulation, args: &DemoArgs) -> bool {
     loop {
         let step_started = Instant::now();
         let done = sim.step().await;
-        // Each tick's garbage (snapshots, plans, copied-on-write objects) goes back to the
-        // kernel, so the peak is the live heap, not the sum of the ticks' high-water marks.
-        crate::alloc::release_free_memory();
         if done {
             return true;
         }
