@@ -34,8 +34,6 @@ const MAX_ZONES: usize = 32;
 
 /// LP rounding applies to at most this many pod shapes (the master LP is dense in them).
 const ROUNDING_MAX_ITEMS: usize = 64;
-/// Times LP rounding solves the configuration LP again on the pods left after flooring.
-const ROUNDING_PASSES: usize = 4;
 /// Column generation's work for LP rounding (no final tightening pass: only columns matter).
 const ROUNDING_BUDGET: PatternBudget = PatternBudget {
     rounds: 40,
@@ -43,6 +41,88 @@ const ROUNDING_BUDGET: PatternBudget = PatternBudget {
     final_search: 300,
     columns_per_round: 40,
 };
+/// Nodes diving may fix, at most (each step re-solves the master LP over known columns).
+const ROUNDING_DIVE_STEPS: usize = 200;
+
+/// Takes `floor(x_j)` nodes of each pattern `j` (pods per item, never more than `remaining`).
+fn take_whole(
+    columns: &[(Vec<u32>, f64)],
+    x: &[f64],
+    remaining: &mut [u32],
+    nodes: &mut Vec<Vec<u32>>,
+) -> bool {
+    let mut taken = false;
+    for ((counts, _), xj) in columns.iter().zip(x) {
+        let whole = (xj + 1e-6).floor() as u64;
+        for _ in 0..whole {
+            let node: Vec<u32> = counts
+                .iter()
+                .zip(remaining.iter())
+                .map(|(c, r)| (*c).min(*r))
+                .collect();
+            if node.iter().all(|c| *c == 0) {
+                break;
+            }
+            for (r, c) in remaining.iter_mut().zip(&node) {
+                *r -= c;
+            }
+            nodes.push(node);
+            taken = true;
+        }
+    }
+    taken
+}
+
+/// Diving: solves the master LP over `columns` (cut to what is left) for the pods left, takes
+/// every whole node of its solution, or else one node of its largest pattern, and repeats.
+fn dive(
+    columns: &[(Vec<u32>, f64)],
+    remaining: &mut [u32],
+    nodes: &mut Vec<Vec<u32>>,
+    steps: usize,
+) {
+    for _ in 0..steps {
+        let active: Vec<usize> = (0..remaining.len()).filter(|i| remaining[*i] > 0).collect();
+        if active.is_empty() {
+            return;
+        }
+        // Columns cut to the pods left, duplicates merged at the lower price.
+        let mut cut: HashMap<Vec<u32>, f64> = HashMap::new();
+        for (c, price) in columns {
+            let v: Vec<u32> = active.iter().map(|&i| c[i].min(remaining[i])).collect();
+            if v.iter().any(|x| *x > 0) {
+                let e = cut.entry(v).or_insert(*price);
+                *e = e.min(*price);
+            }
+        }
+        let mut cols: Vec<(Vec<u32>, f64)> = cut.into_iter().collect();
+        cols.sort_by(|a, b| a.0.cmp(&b.0));
+        let demand: Vec<u32> = active.iter().map(|&i| remaining[i]).collect();
+        let Some(x) = super::lower_bound::master_primal(&cols, &demand) else {
+            return;
+        };
+        let full: Vec<(Vec<u32>, f64)> = cols
+            .into_iter()
+            .map(|(c, price)| {
+                let mut f = vec![0u32; remaining.len()];
+                for (p, &i) in active.iter().enumerate() {
+                    f[i] = c[p];
+                }
+                (f, price)
+            })
+            .collect();
+        if take_whole(&full, &x, remaining, nodes) {
+            continue;
+        }
+        let Some(j) = (0..x.len()).max_by(|a, b| x[*a].total_cmp(&x[*b]).then(b.cmp(a))) else {
+            return;
+        };
+        if x[j] <= 0.0 {
+            return;
+        }
+        take_whole(&full[j..=j], &[1.0], remaining, nodes);
+    }
+}
 
 /// A group of identical pending pods.
 #[derive(Clone)]
@@ -1808,94 +1888,36 @@ impl<'a> Packer<'a> {
                 lp.seeds.push((counts, price));
             }
         }
-        // Iterated rounding: floor the LP's solution, solve again on what is left.
+        // Floor the LP's solution; what is left is either packed greedily or rounded by
+        // diving (the cheaper packing wins).
         let mut remaining: Vec<u32> = lp.items.iter().map(|it| it.demand).collect();
-        let mut columns: Vec<(Vec<u32>, f64)> = std::mem::take(&mut lp.seeds);
+        let generated = super::lower_bound::generate_columns(&lp, &ROUNDING_BUDGET, false);
+        let columns = generated.columns;
         let mut nodes: Vec<Vec<u32>> = Vec::new();
-        for pass in 0..ROUNDING_PASSES {
-            let active: Vec<usize> = (0..remaining.len()).filter(|i| remaining[*i] > 0).collect();
-            if active.is_empty() {
-                break;
-            }
-            let sub = PatternLp {
-                items: active
-                    .iter()
-                    .map(|&i| PatternItem {
-                        req: lp.items[i].req,
-                        demand: remaining[i],
-                        cap: lp.items[i].cap.min(remaining[i]).max(1),
-                        conflicts: Vec::new(),
-                    })
-                    .collect(),
-                kinds: lp
-                    .kinds
-                    .iter()
-                    .map(|k| PatternKind {
-                        room: k.room,
-                        price: k.price,
-                        allowed: active.iter().map(|&i| k.allowed[i]).collect(),
-                    })
-                    .collect(),
-                seeds: columns
-                    .iter()
-                    .filter_map(|(c, price)| {
-                        let v: Vec<u32> = active.iter().map(|&i| c[i].min(remaining[i])).collect();
-                        v.iter().any(|x| *x > 0).then_some((v, *price))
-                    })
-                    .collect(),
-            };
-            let budget = if pass == 0 {
-                ROUNDING_BUDGET
-            } else {
-                PatternBudget {
-                    rounds: ROUNDING_BUDGET.rounds / 4,
-                    ..ROUNDING_BUDGET
-                }
-            };
-            let generated = super::lower_bound::generate_columns(&sub, &budget, false);
-            let demand: Vec<u32> = sub.items.iter().map(|it| it.demand).collect();
-            let Some(x) = super::lower_bound::master_primal(&generated.columns, &demand) else {
-                break;
-            };
-            let mut taken = false;
-            for ((counts, _), xj) in generated.columns.iter().zip(&x) {
-                let whole = (xj + 1e-6).floor() as u64;
-                for _ in 0..whole {
-                    let node: Vec<u32> = (0..remaining.len())
-                        .map(|i| {
-                            active
-                                .iter()
-                                .position(|a| *a == i)
-                                .map_or(0, |p| counts[p].min(remaining[i]))
-                        })
-                        .collect();
-                    if node.iter().all(|c| *c == 0) {
-                        break;
-                    }
-                    for (r, c) in remaining.iter_mut().zip(&node) {
-                        *r -= c;
-                    }
-                    nodes.push(node);
-                    taken = true;
-                }
-            }
-            // Keep the columns (in full item indices) to seed the next pass.
-            columns = generated
-                .columns
-                .into_iter()
-                .map(|(c, price)| {
-                    let mut full = vec![0u32; remaining.len()];
-                    for (p, &i) in active.iter().enumerate() {
-                        full[i] = c[p];
-                    }
-                    (full, price)
-                })
-                .collect();
-            if !taken {
-                break;
-            }
+        let x = super::lower_bound::master_primal(&columns, &remaining)?;
+        take_whole(&columns, &x, &mut remaining, &mut nodes);
+        let greedy = self.build_rounded(&ids, &nodes, &shape_of_item);
+        dive(&columns, &mut remaining, &mut nodes, ROUNDING_DIVE_STEPS);
+        let dived = if remaining.iter().all(|r| *r == 0) {
+            self.build_rounded(&ids, &nodes, &shape_of_item)
+        } else {
+            None
+        };
+        match (greedy, dived) {
+            (Some(g), Some(d)) => Some(if d.outcome() < g.outcome() { d } else { g }),
+            (g, d) => g.or(d),
         }
-        // Build the rounded packing on a copy.
+    }
+
+    /// The packing with new bins `ids` replaced by one node per pattern of `nodes` (pods per
+    /// item; `shape_of_item` maps items to shapes), and the pods no pattern took packed greedily
+    /// (first fit into those nodes, then new nodes), then merged and absorbed.
+    fn build_rounded(
+        &self,
+        ids: &[usize],
+        nodes: &[Vec<u32>],
+        shape_of_item: &[usize],
+    ) -> Option<Self> {
         let mut out = self.clone();
         let mut shape_of = vec![usize::MAX; self.input.pods.len()];
         for (si, shape) in self.shapes.iter().enumerate() {
@@ -1905,7 +1927,7 @@ impl<'a> Packer<'a> {
         }
         let mut stacks: Vec<Vec<usize>> = vec![Vec::new(); self.shapes.len()];
         let mut removed = vec![false; self.bins.len()];
-        for &b in &ids {
+        for &b in ids {
             removed[b] = true;
             let bin = &self.bins[b];
             for &p in &bin.pods {
@@ -1926,7 +1948,7 @@ impl<'a> Packer<'a> {
             .map(|(b, _)| b)
             .collect();
         let first_new = bins.len();
-        for node in &nodes {
+        for node in nodes {
             let members: Vec<(usize, u32)> = node
                 .iter()
                 .enumerate()
