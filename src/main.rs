@@ -14,8 +14,8 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// jemalloc, handing freed pages back at once: Gantry's heap is millions of small objects
-/// replaced copy-on-write, which glibc's malloc leaves fragmented (BENCHMARKS.md, demo RSS).
+/// jemalloc: Gantry's heap is millions of small objects replaced copy-on-write, which glibc's
+/// malloc leaves fragmented (BENCHMARKS.md, demo RSS); `MALLOC_CONF` sets how soon it purges.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
