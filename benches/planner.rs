@@ -231,7 +231,9 @@ fn summary(label: &str, input: &PlanInput<'_>) {
         println!("{label}: {} claims (smoke run, no bounds)", p.claims.len());
         return;
     }
+    let t = Instant::now();
     let bounds = plan_bounds(input, &p);
+    let bound_secs = t.elapsed().as_secs_f64();
     let bound = bounds.best();
     if let Some(spec) = std::env::var_os("PLANNER_BENCH_DEEP") {
         // Offline convergence check: `rounds,search,final_search,columns` (e.g. 2000,20000,200000,200).
@@ -315,7 +317,7 @@ fn summary(label: &str, input: &PlanInput<'_>) {
         }
     }
     println!(
-        "{label}: pods={} placed={} unschedulable={} nodes={} pods/s={:.0} cost=${:.3}/h bound=${:.3}/h (resource LP ${:.3}, pattern LP ${:.3}) ratio={:.3}",
+        "{label}: pods={} placed={} unschedulable={} nodes={} pods/s={:.0} cost=${:.3}/h bound=${:.3}/h (resource LP ${:.3}, pattern LP ${:.3}; {:.2} s) ratio={:.3}",
         input.pods.len(),
         placed,
         p.unschedulable.len(),
@@ -325,6 +327,7 @@ fn summary(label: &str, input: &PlanInput<'_>) {
         bound,
         bounds.resource,
         bounds.pattern,
+        bound_secs,
         p.cost_per_hour() / bound
     );
 }

@@ -195,6 +195,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     // Only the winner is polished: the improvement pass is the costliest step per bin.
     match best {
         Some((_, mut packed)) => {
+            packed.round_lp();
             packed.improve();
             packed.finish()
         }

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use super::lower_bound::PatternBudget;
 use super::select::{
     Amount, Candidate, DIMS, Ranked, Scoring, TypePrices, best_new_type, fit_count, holds,
     offering_bit, rank_options, zone_bits,
@@ -30,6 +31,98 @@ use crate::model::{CapacityType, PodDemand, Resources};
 
 /// Largest number of zones the offering bit layout supports (two bits per zone in a `u64`).
 const MAX_ZONES: usize = 32;
+
+/// LP rounding applies to at most this many pod shapes (the master LP is dense in them).
+const ROUNDING_MAX_ITEMS: usize = 64;
+/// Column generation's work for LP rounding (no final tightening pass: only columns matter).
+const ROUNDING_BUDGET: PatternBudget = PatternBudget {
+    rounds: 40,
+    search: 300,
+    final_search: 300,
+    columns_per_round: 40,
+};
+/// Nodes diving may fix, at most (each step re-solves the master LP over known columns).
+const ROUNDING_DIVE_STEPS: usize = 200;
+
+/// Takes `floor(x_j)` nodes of each pattern `j` (pods per item, never more than `remaining`).
+fn take_whole(
+    columns: &[(Vec<u32>, f64)],
+    x: &[f64],
+    remaining: &mut [u32],
+    nodes: &mut Vec<Vec<u32>>,
+) -> bool {
+    let mut taken = false;
+    for ((counts, _), xj) in columns.iter().zip(x) {
+        let whole = (xj + 1e-6).floor() as u64;
+        for _ in 0..whole {
+            let node: Vec<u32> = counts
+                .iter()
+                .zip(remaining.iter())
+                .map(|(c, r)| (*c).min(*r))
+                .collect();
+            if node.iter().all(|c| *c == 0) {
+                break;
+            }
+            for (r, c) in remaining.iter_mut().zip(&node) {
+                *r -= c;
+            }
+            nodes.push(node);
+            taken = true;
+        }
+    }
+    taken
+}
+
+/// Diving: solves the master LP over `columns` (cut to what is left) for the pods left, takes
+/// every whole node of its solution, or else one node of its largest pattern, and repeats.
+fn dive(
+    columns: &[(Vec<u32>, f64)],
+    remaining: &mut [u32],
+    nodes: &mut Vec<Vec<u32>>,
+    steps: usize,
+) {
+    for _ in 0..steps {
+        let active: Vec<usize> = (0..remaining.len()).filter(|i| remaining[*i] > 0).collect();
+        if active.is_empty() {
+            return;
+        }
+        // Columns cut to the pods left, duplicates merged at the lower price.
+        let mut cut: HashMap<Vec<u32>, f64> = HashMap::new();
+        for (c, price) in columns {
+            let v: Vec<u32> = active.iter().map(|&i| c[i].min(remaining[i])).collect();
+            if v.iter().any(|x| *x > 0) {
+                let e = cut.entry(v).or_insert(*price);
+                *e = e.min(*price);
+            }
+        }
+        let mut cols: Vec<(Vec<u32>, f64)> = cut.into_iter().collect();
+        cols.sort_by(|a, b| a.0.cmp(&b.0));
+        let demand: Vec<u32> = active.iter().map(|&i| remaining[i]).collect();
+        let Some(x) = super::lower_bound::master_primal(&cols, &demand) else {
+            return;
+        };
+        let full: Vec<(Vec<u32>, f64)> = cols
+            .into_iter()
+            .map(|(c, price)| {
+                let mut f = vec![0u32; remaining.len()];
+                for (p, &i) in active.iter().enumerate() {
+                    f[i] = c[p];
+                }
+                (f, price)
+            })
+            .collect();
+        if take_whole(&full, &x, remaining, nodes) {
+            continue;
+        }
+        let Some(j) = (0..x.len()).max_by(|a, b| x[*a].total_cmp(&x[*b]).then(b.cmp(a))) else {
+            return;
+        };
+        if x[j] <= 0.0 {
+            return;
+        }
+        take_whole(&full[j..=j], &[1.0], remaining, nodes);
+    }
+}
 
 /// A group of identical pending pods.
 #[derive(Clone)]
@@ -1670,6 +1763,261 @@ impl<'a> Packer<'a> {
         }
     }
 
+    /// LP rounding: re-packs the pods of unconstrained shapes from the configuration LP's
+    /// solution, and keeps the result when it is cheaper than the packing it replaces.
+    ///
+    /// Only new bins of pools without limits whose pods all belong to *free* shapes take part
+    /// (no topology spread, pod affinity or anti-affinity, host ports or preferred affinity of
+    /// their own, counted by no other pending pod's selector, no zone pin): for those, any node
+    /// of an allowed type with an offering every pod allows is valid, so each LP pattern is a
+    /// node. Column generation (bounded by [`ROUNDING_BUDGET`]) solves the configuration LP
+    /// over their pods; `floor(x)` nodes of each pattern are taken, the LP is solved again on
+    /// what is left (at most [`ROUNDING_PASSES`] times), and the last pods are packed greedily.
+    /// Each node is the cheapest type of any such pool that holds its pods. Returns whether the
+    /// packing changed; it changes only when the new one costs less and leaves no more pods
+    /// unschedulable.
+    pub fn round_lp(&mut self) -> bool {
+        let Some(candidate) = self.lp_rounded() else {
+            return false;
+        };
+        let (before, after) = (self.outcome(), candidate.outcome());
+        if after.0 <= before.0 && after.1 < before.1 - 1e-9 {
+            *self = candidate;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The shapes LP rounding may move freely (see [`Packer::round_lp`]).
+    fn free_shapes(&self) -> Vec<bool> {
+        let pods = self.input.pods;
+        let mut free: Vec<bool> = self
+            .shapes
+            .iter()
+            .map(|sh| {
+                let p = &pods[sh.pods[0]];
+                !sh.node_topology
+                    && sh.reason.is_none()
+                    && p.topology_spread.is_empty()
+                    && p.affinity_zone.is_empty()
+                    && p.anti_affinity_hostname.is_empty()
+                    && p.host_ports.is_empty()
+                    && p.preferred_affinity.is_empty()
+            })
+            .collect();
+        // Pods another pending pod's selector counts stay where the packer put them.
+        for sh in &self.shapes {
+            let p = &pods[sh.pods[0]];
+            let selectors = p
+                .topology_spread
+                .iter()
+                .map(|t| &t.selector)
+                .chain(&p.affinity_zone)
+                .chain(&p.anti_affinity_hostname);
+            for sel in selectors {
+                for (t, other) in self.shapes.iter().enumerate() {
+                    let q = &pods[other.pods[0]];
+                    if free[t] && sel.selects(&p.namespace, &q.namespace, &q.labels) {
+                        free[t] = false;
+                    }
+                }
+            }
+        }
+        free
+    }
+
+    /// The packing with LP rounding applied, or `None` when it does not apply.
+    fn lp_rounded(&self) -> Option<Self> {
+        let pool_ok: Vec<bool> = self
+            .input
+            .pools
+            .iter()
+            .map(|p| {
+                p.limits.cpu.is_none() && p.limits.memory.is_none() && p.limits.nodes.is_none()
+            })
+            .collect();
+        // A free shape goes to its first pool, as the packer opens new nodes, and that pool
+        // must have no limits.
+        let mut free = self.free_shapes();
+        for (s, f) in free.iter_mut().enumerate() {
+            *f = *f && self.first_pool(s).is_some_and(|p| pool_ok[p]);
+        }
+        let ids: Vec<usize> = (0..self.bins.len())
+            .filter(|b| {
+                let bin = &self.bins[*b];
+                matches!(bin.kind, BinKind::New { pool, .. } if pool_ok[pool])
+                    && bin.pin == u64::MAX
+                    && !bin.pods.is_empty()
+                    && bin.members.iter().all(|(s, _)| free[*s])
+            })
+            .collect();
+        if ids.len() < 2 {
+            return None;
+        }
+        let mut placed_new = vec![false; self.input.pods.len()];
+        for &b in &ids {
+            for &p in &self.bins[b].pods {
+                placed_new[p] = true;
+            }
+        }
+        let (mut lp, item_of) = self.pattern_items(&placed_new, true);
+        if lp.items.is_empty() || lp.items.len() > ROUNDING_MAX_ITEMS || lp.kinds.is_empty() {
+            return None;
+        }
+        let mut shape_of_item = vec![usize::MAX; lp.items.len()];
+        for (s, &i) in item_of.iter().enumerate() {
+            if i != usize::MAX {
+                shape_of_item[i] = s;
+            }
+        }
+        for &b in &ids {
+            let bin = &self.bins[b];
+            let BinKind::New { pool, .. } = bin.kind else {
+                continue;
+            };
+            let used = self.used_of(&bin.members);
+            let price = self.by_price.get(pool).and_then(|o| {
+                self.cheapest_type(o, pool, bin.pin, &bin.members, &used, f64::INFINITY)
+            });
+            if let Some((_, price)) = price {
+                let mut counts = vec![0u32; lp.items.len()];
+                for (s, c) in &bin.members {
+                    counts[item_of[*s]] += c;
+                }
+                lp.seeds.push((counts, price));
+            }
+        }
+        // Floor the LP's solution; what is left is either packed greedily or rounded by
+        // diving (the cheaper packing wins).
+        let mut remaining: Vec<u32> = lp.items.iter().map(|it| it.demand).collect();
+        let generated = super::lower_bound::generate_columns(&lp, &ROUNDING_BUDGET, false);
+        let columns = generated.columns;
+        let mut nodes: Vec<Vec<u32>> = Vec::new();
+        let x = super::lower_bound::master_primal(&columns, &remaining)?;
+        take_whole(&columns, &x, &mut remaining, &mut nodes);
+        let greedy = self.build_rounded(&ids, &nodes, &shape_of_item);
+        dive(&columns, &mut remaining, &mut nodes, ROUNDING_DIVE_STEPS);
+        let dived = if remaining.iter().all(|r| *r == 0) {
+            self.build_rounded(&ids, &nodes, &shape_of_item)
+        } else {
+            None
+        };
+        match (greedy, dived) {
+            (Some(g), Some(d)) => Some(if d.outcome() < g.outcome() { d } else { g }),
+            (g, d) => g.or(d),
+        }
+    }
+
+    /// The packing with new bins `ids` replaced by one node per pattern of `nodes` (pods per
+    /// item; `shape_of_item` maps items to shapes), and the pods no pattern took packed greedily
+    /// (first fit into those nodes, then new nodes), then merged and absorbed.
+    fn build_rounded(
+        &self,
+        ids: &[usize],
+        nodes: &[Vec<u32>],
+        shape_of_item: &[usize],
+    ) -> Option<Self> {
+        let mut out = self.clone();
+        let mut shape_of = vec![usize::MAX; self.input.pods.len()];
+        for (si, shape) in self.shapes.iter().enumerate() {
+            for p in &shape.pods {
+                shape_of[*p] = si;
+            }
+        }
+        let mut stacks: Vec<Vec<usize>> = vec![Vec::new(); self.shapes.len()];
+        let mut removed = vec![false; self.bins.len()];
+        for &b in ids {
+            removed[b] = true;
+            let bin = &self.bins[b];
+            for &p in &bin.pods {
+                stacks.get_mut(*shape_of.get(p)?)?.push(p);
+            }
+            if let BinKind::New { pool, ty } = bin.kind {
+                let (cpu, mem) = self.capacity[ty];
+                let u = &mut out.pool_used[pool];
+                u.0 -= cpu;
+                u.1 -= mem;
+                u.2 -= 1;
+            }
+        }
+        let mut bins: Vec<Bin> = std::mem::take(&mut out.bins)
+            .into_iter()
+            .zip(&removed)
+            .filter(|(_, r)| !**r)
+            .map(|(b, _)| b)
+            .collect();
+        let first_new = bins.len();
+        for node in nodes {
+            let members: Vec<(usize, u32)> = node
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| (shape_of_item[i], *c))
+                .collect();
+            let used = self.used_of(&members);
+            // Every member's first pool: the LP's kinds allow no other.
+            let pool = self.first_pool(members.first()?.0)?;
+            if members
+                .iter()
+                .any(|(s, _)| self.first_pool(*s) != Some(pool))
+            {
+                return None;
+            }
+            let (ty, _) = self.by_price.get(pool).and_then(|o| {
+                self.cheapest_type(o, pool, u64::MAX, &members, &used, f64::INFINITY)
+            })?;
+            let mut pods = Vec::new();
+            for &(s, c) in &members {
+                let stack = &mut stacks[s];
+                let at = stack.len().checked_sub(c as usize)?;
+                pods.extend(stack.drain(at..));
+            }
+            let mut free = self.room[pool][ty];
+            sub(&mut free, &used);
+            bins.push(Bin {
+                kind: BinKind::New { pool, ty },
+                free,
+                mask: self.members_mask(pool, u64::MAX, &members, ty),
+                members,
+                pods,
+                resident: None,
+                pin: u64::MAX,
+            });
+            let (cpu, mem) = self.capacity[ty];
+            let u = &mut out.pool_used[pool];
+            u.0 += cpu;
+            u.1 += mem;
+            u.2 += 1;
+        }
+        out.bins = bins;
+        // What the LP left: first fit into the rounded nodes, then new nodes, largest first.
+        let mut open: Vec<usize> = (first_new..out.bins.len())
+            .filter(|b| fit_count(&out.bins[*b].free, &out.min_req) > 0)
+            .collect();
+        let mut order: Vec<usize> = (0..self.shapes.len())
+            .filter(|s| !stacks[*s].is_empty())
+            .collect();
+        order.sort_by(|a, b| {
+            self.shapes[*b]
+                .size
+                .total_cmp(&self.shapes[*a].size)
+                .then(a.cmp(b))
+        });
+        let strategy = out.strategy;
+        out.strategy = Strategy::PerPod;
+        for s in order {
+            let mut cursor = std::mem::take(&mut stacks[s]);
+            out.place_group(s, u64::MAX, &mut cursor, 0, &mut open);
+        }
+        out.strategy = strategy;
+        let mut bins = std::mem::take(&mut out.bins);
+        out.merge_bins(&mut bins, &out.by_price);
+        out.absorb_bins(&mut bins, &out.by_price);
+        out.bins = bins;
+        Some(out)
+    }
+
     /// The cheapest split of bins `a` and `b`'s pods over two nodes (one may be empty) that
     /// costs less than `current`, if any.
     #[allow(clippy::too_many_arguments)]
@@ -2197,6 +2545,34 @@ impl Packer<'_> {
     /// topology is kept only where every plan obeys it: at most `cap` pods of an item per node
     /// and no two conflicting items together.
     pub(crate) fn pattern_lp(&self, placed_new: &[bool], plan: &Plan) -> PatternLp {
+        let (mut lp, item_of) = self.pattern_items(placed_new, false);
+        let mut shape_of = vec![usize::MAX; self.input.pods.len()];
+        for (si, shape) in self.shapes.iter().enumerate() {
+            for p in &shape.pods {
+                shape_of[*p] = si;
+            }
+        }
+        for c in &plan.claims {
+            let mut counts = vec![0u32; lp.items.len()];
+            let mut ok = !c.pods.is_empty();
+            for p in &c.pods {
+                match shape_of.get(*p).and_then(|s| item_of.get(*s)) {
+                    Some(&i) if i < counts.len() => counts[i] += 1,
+                    _ => ok = false,
+                }
+            }
+            if ok {
+                lp.seeds.push((counts, c.price));
+            }
+        }
+        lp
+    }
+
+    /// The configuration LP's items (the shapes with pods marked in `placed_new`) and node kinds,
+    /// without seeds; with each shape's item index (`usize::MAX` for shapes without such pods).
+    /// With `first_pool_only`, a shape may use only the first pool (by weight) that can take it,
+    /// as the packer opens new nodes; otherwise any pool it is compatible with (a relaxation).
+    fn pattern_items(&self, placed_new: &[bool], first_pool_only: bool) -> (PatternLp, Vec<usize>) {
         let mut items = Vec::new();
         let mut item_of = vec![usize::MAX; self.shapes.len()];
         for (si, shape) in self.shapes.iter().enumerate() {
@@ -2232,12 +2608,19 @@ impl Packer<'_> {
                 }
             }
         }
+        let first: Vec<Option<usize>> = shape_ids.iter().map(|s| self.first_pool(*s)).collect();
         let mut kinds: Vec<PatternKind> = Vec::new();
         for pi in 0..self.input.pools.len() {
             for ty in 0..self.prices.len() {
                 let masks: Vec<u64> = shape_ids
                     .iter()
-                    .map(|s| self.shapes[*s].compat[pi].as_ref().map_or(0, |c| c[ty]))
+                    .zip(&first)
+                    .map(|(s, f)| {
+                        if first_pool_only && *f != Some(pi) {
+                            return 0;
+                        }
+                        self.shapes[*s].compat[pi].as_ref().map_or(0, |c| c[ty])
+                    })
                     .collect();
                 if masks.iter().all(|m| *m == 0) {
                     continue;
@@ -2285,31 +2668,14 @@ impl Packer<'_> {
             .filter(|(_, k)| *k)
             .map(|(k, _)| k)
             .collect();
-        let mut shape_of = vec![usize::MAX; self.input.pods.len()];
-        for (si, shape) in self.shapes.iter().enumerate() {
-            for p in &shape.pods {
-                shape_of[*p] = si;
-            }
-        }
-        let mut seeds = Vec::new();
-        for c in &plan.claims {
-            let mut counts = vec![0u32; items.len()];
-            let mut ok = !c.pods.is_empty();
-            for p in &c.pods {
-                match shape_of.get(*p).and_then(|s| item_of.get(*s)) {
-                    Some(&i) if i < counts.len() => counts[i] += 1,
-                    _ => ok = false,
-                }
-            }
-            if ok {
-                seeds.push((counts, c.price));
-            }
-        }
-        PatternLp {
-            items,
-            kinds,
-            seeds,
-        }
+        (
+            PatternLp {
+                items,
+                kinds,
+                seeds: Vec::new(),
+            },
+            item_of,
+        )
     }
 }
 

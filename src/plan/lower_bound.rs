@@ -133,6 +133,21 @@ pub fn simplex_cover(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<f64> {
 /// [`simplex_cover`] that also returns the row duals `y = c_B B⁻¹` of the final basis, which
 /// column generation prices new columns with.
 pub fn simplex_cover_duals(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<(f64, Vec<f64>)> {
+    simplex_cover_solution(a, c, m).map(|s| (s.value, s.duals))
+}
+
+/// A solved cover LP: its value, the row duals and the primal column values.
+pub(crate) struct CoverSolution {
+    /// `c·x` at the optimum.
+    pub value: f64,
+    /// Row duals `y = c_B B⁻¹`.
+    pub duals: Vec<f64>,
+    /// Column values `x` (zero for non-basic columns).
+    pub x: Vec<f64>,
+}
+
+/// [`simplex_cover_duals`] with the primal solution too, which LP rounding turns into nodes.
+pub(crate) fn simplex_cover_solution(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<CoverSolution> {
     let n = a.len();
     let max_c = c.iter().copied().fold(0.0f64, f64::max).max(1.0);
     let big_m = max_c * 1e7;
@@ -242,6 +257,7 @@ pub fn simplex_cover_duals(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<(f64, 
     }
     let mut obj = 0.0;
     let mut y = vec![0.0f64; m];
+    let mut x = vec![0.0f64; n];
     for (k, &bj) in basis.iter().enumerate() {
         if bj >= n + m && xb[k] > 1e-9 {
             return None;
@@ -250,8 +266,15 @@ pub fn simplex_cover_duals(a: &[Vec<f64>], c: &[f64], m: usize) -> Option<(f64, 
         for i in 0..m {
             y[i] += cost(bj) * binv[k][i];
         }
+        if bj < n {
+            x[bj] = xb[k].max(0.0);
+        }
     }
-    Some((obj, y))
+    Some(CoverSolution {
+        value: obj,
+        duals: y,
+        x,
+    })
 }
 
 /// Rounds of column generation at most (each prices every node kind once).
@@ -284,10 +307,29 @@ pub(crate) fn pattern_bound(lp: &PatternLp) -> f64 {
 
 /// [`pattern_bound`] within `budget`.
 pub(crate) fn pattern_bound_with(lp: &PatternLp, budget: &PatternBudget) -> f64 {
+    generate_columns(lp, budget, true).bound
+}
+
+/// What column generation on the configuration LP leaves: the certified bound and the master's
+/// columns, which LP rounding turns into nodes.
+pub(crate) struct Generated {
+    /// The lower bound (see [`pattern_bound`]); 0 when there is nothing to bound.
+    pub bound: f64,
+    /// The master's columns: pods per item in one node, and the node's price.
+    pub columns: Vec<(Vec<u32>, f64)>,
+}
+
+/// Column generation on the configuration LP within `budget` (see [`pattern_bound`]). With
+/// `prove`, the deepest searches also tighten their upper bounds (which only the bound uses).
+pub(crate) fn generate_columns(lp: &PatternLp, budget: &PatternBudget, prove: bool) -> Generated {
     let items = &lp.items;
     let m = items.len();
+    let mut out = Generated {
+        bound: 0.0,
+        columns: Vec::new(),
+    };
     if m == 0 || lp.kinds.is_empty() {
-        return 0.0;
+        return out;
     }
     let demand: Vec<f64> = items.iter().map(|it| f64::from(it.demand.max(1))).collect();
     let mut cols: Vec<Vec<f64>> = Vec::new();
@@ -306,17 +348,19 @@ pub(crate) fn pattern_bound_with(lp: &PatternLp, budget: &PatternBudget) -> f64 
             }
         }
         let Some((_, price, n)) = best else {
-            return 0.0;
+            return out;
         };
-        let mut col = vec![0.0; m];
-        col[s] = f64::from(n) / demand[s];
-        cols.push(col);
+        let mut counts = vec![0; m];
+        counts[s] = n;
+        cols.push(pattern_column(&counts, &demand));
         costs.push(price);
+        out.columns.push((counts, price));
     }
     for (counts, price) in &lp.seeds {
         if counts.len() == m && *price > 0.0 {
             cols.push(pattern_column(counts, &demand));
             costs.push(*price);
+            out.columns.push((counts.clone(), *price));
         }
     }
     let mut best_lb = 0.0f64;
@@ -331,8 +375,9 @@ pub(crate) fn pattern_bound_with(lp: &PatternLp, budget: &PatternBudget) -> f64 
         let values: Vec<f64> = y.iter().zip(&demand).map(|(y, d)| y.max(0.0) / d).collect();
         let mut theta = 1.0f64;
         let mut found: Vec<(f64, usize, Vec<u32>)> = Vec::new();
+        let refine = prove && search >= budget.final_search;
         for (ki, kind) in lp.kinds.iter().enumerate() {
-            let r = best_pattern(kind, items, &values, search);
+            let r = best_pattern(kind, items, &values, search, refine);
             theta = theta.max(ratio(r.upper, kind.price));
             if r.value > kind.price * (1.0 + 1e-7) {
                 found.push((r.value / kind.price, ki, r.counts));
@@ -352,18 +397,29 @@ pub(crate) fn pattern_bound_with(lp: &PatternLp, budget: &PatternBudget) -> f64 
         for (_, ki, counts) in found.into_iter().take(budget.columns_per_round) {
             cols.push(pattern_column(&counts, &demand));
             costs.push(lp.kinds[ki].price);
+            out.columns.push((counts, lp.kinds[ki].price));
         }
     }
     // A deeper search on the last values tightens θ where the short one stopped early.
     if let Some(values) = last_values.filter(|_| last_search < budget.final_search) {
         let mut theta = 1.0f64;
         for kind in &lp.kinds {
-            let r = best_pattern(kind, items, &values, budget.final_search);
+            let r = best_pattern(kind, items, &values, budget.final_search, prove);
             theta = theta.max(ratio(r.upper, kind.price));
         }
         best_lb = best_lb.max(covered(&values, items) / theta);
     }
-    best_lb
+    out.bound = best_lb;
+    out
+}
+
+/// How many nodes of each of `columns` (pods per item, price) the configuration LP buys to
+/// cover `demand`, at its optimum over those columns; `None` when they cannot cover it.
+pub(crate) fn master_primal(columns: &[(Vec<u32>, f64)], demand: &[u32]) -> Option<Vec<f64>> {
+    let d: Vec<f64> = demand.iter().map(|x| f64::from((*x).max(1))).collect();
+    let cols: Vec<Vec<f64>> = columns.iter().map(|(c, _)| pattern_column(c, &d)).collect();
+    let costs: Vec<f64> = columns.iter().map(|(_, p)| *p).collect();
+    simplex_cover_solution(&cols, &costs, demand.len()).map(|s| s.x)
 }
 
 /// `Σ_s d_s v_s`: what the values say covering every pod is worth.
@@ -412,6 +468,7 @@ fn best_pattern(
     items: &[PatternItem],
     values: &[f64],
     budget: u32,
+    refine: bool,
 ) -> PatternSearch {
     let mut cand: Vec<(usize, u32)> = Vec::new();
     for (s, it) in items.iter().enumerate() {
@@ -430,6 +487,16 @@ fn best_pattern(
     };
     if cand.is_empty() {
         return out;
+    }
+    let mut known_upper = f64::INFINITY;
+    if let Some(exact) = exact_pattern(kind, items, values, &cand, DP_STATES) {
+        if let Some(counts) = exact.counts {
+            out.value = exact.value;
+            out.upper = exact.value;
+            out.counts = counts;
+            return out;
+        }
+        known_upper = exact.value;
     }
     // Constraints of the relaxation: each resource the pods use, and two surrogates (sums of
     // resources as fractions of the node), all implied by "the pods fit".
@@ -513,8 +580,424 @@ fn best_pattern(
     for (p, (s, _)) in cand.iter().enumerate() {
         out.counts[*s] = search.best_counts[p];
     }
-    out.upper = upper.max(search.best);
+    out.upper = upper.min(known_upper).max(search.best);
+    // Where the search left a gap that matters to θ, a Lagrangian bound kept whole in all but
+    // one resource is often far tighter than the relaxations above.
+    if refine
+        && out.upper > out.value * (1.0 + 1e-9)
+        && out.upper > kind.price * (1.0 + 1e-9)
+        && let Some((l, found)) = lagrangian_upper(kind, items, values, &cand)
+    {
+        if let Some((v, counts)) = found.filter(|(v, _)| *v > out.value) {
+            out.value = v;
+            out.counts = counts;
+        }
+        out.upper = out.upper.min(l).max(out.value);
+    }
     out
+}
+
+/// Most states the exact dynamic program over one node's resources may use.
+const DP_STATES: usize = 1 << 15;
+
+/// Most states of the dynamic program inside the Lagrangian bound (one resource relaxed).
+const LAGRANGE_DP_STATES: usize = 1 << 17;
+/// Multiplier values tried per Lagrangian bound (a golden-section search on a convex function).
+const LAGRANGE_STEPS: usize = 16;
+
+/// The exact optimum of one node kind's knapsack, when it is small enough for dynamic
+/// programming over its resources.
+struct ExactPattern {
+    /// The most valuable pattern's value: exact, so also an upper bound.
+    value: f64,
+    /// Pods per item of a pattern worth `value`, when reconstruction found one within the caps.
+    counts: Option<Vec<u32>>,
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// A node's room in whole units of the candidates' requests, per resource the candidates use:
+/// the unit is the greatest common divisor of the requests, so flooring the room to whole
+/// units loses nothing (every sum of requests is a whole number of units).
+struct Grid {
+    /// Room in units per resource.
+    caps: Vec<usize>,
+    /// Per candidate: its request in units per resource.
+    q: Vec<Vec<usize>>,
+}
+
+impl Grid {
+    fn of(kind: &PatternKind, items: &[PatternItem], cand: &[(usize, u32)]) -> Option<Grid> {
+        let dims: Vec<usize> = (0..DIMS)
+            .filter(|d| cand.iter().any(|(s, _)| items[*s].req[*d] > 0))
+            .collect();
+        let mut units = Vec::with_capacity(dims.len());
+        let mut caps = Vec::with_capacity(dims.len());
+        for &d in &dims {
+            let g = cand
+                .iter()
+                .map(|(s, _)| items[*s].req[d])
+                .filter(|r| *r > 0)
+                .fold(0, gcd);
+            if g <= 0 {
+                return None;
+            }
+            units.push(g);
+            caps.push(usize::try_from(kind.room[d].max(0) / g).ok()?);
+        }
+        let q = cand
+            .iter()
+            .map(|(s, _)| {
+                dims.iter()
+                    .zip(&units)
+                    .map(|(d, g)| {
+                        usize::try_from(items[*s].req[*d].max(0) / g).unwrap_or(usize::MAX)
+                    })
+                    .collect()
+            })
+            .collect();
+        Some(Grid { caps, q })
+    }
+
+    /// States of a table over every resource but `skip`, or `None` above `limit`.
+    fn states(&self, skip: Option<usize>, limit: usize) -> Option<usize> {
+        let mut n: usize = 1;
+        for (i, c) in self.caps.iter().enumerate() {
+            if Some(i) != skip {
+                n = n.checked_mul(c.checked_add(1)?)?;
+                if n > limit {
+                    return None;
+                }
+            }
+        }
+        Some(n)
+    }
+}
+
+/// One entry of the knapsack table: `k` pods of candidate `cand`, used any number of times
+/// (`unbounded`) or at most once.
+struct Piece {
+    cand: usize,
+    k: u32,
+    need: Vec<usize>,
+    offset: usize,
+    unbounded: bool,
+    value: f64,
+}
+
+/// A dynamic-programming table over some resources of a grid.
+struct Table {
+    /// Resources of the grid the table spans (indices into `Grid::caps`).
+    axes: Vec<usize>,
+    caps: Vec<usize>,
+    strides: Vec<usize>,
+    states: usize,
+    /// Coordinates of every state, `axes.len()` per state.
+    coord: Vec<usize>,
+}
+
+impl Table {
+    fn new(grid: &Grid, skip: Option<usize>) -> Table {
+        let axes: Vec<usize> = (0..grid.caps.len()).filter(|i| Some(*i) != skip).collect();
+        let caps: Vec<usize> = axes.iter().map(|i| grid.caps[*i]).collect();
+        let mut strides = Vec::with_capacity(axes.len());
+        let mut states = 1usize;
+        for c in &caps {
+            strides.push(states);
+            states = states.saturating_mul(c + 1);
+        }
+        let nd = axes.len();
+        let mut coord = vec![0usize; states * nd];
+        for st in 0..states {
+            let mut x = st;
+            for i in 0..nd {
+                coord[st * nd + i] = x % (caps[i] + 1);
+                x /= caps[i] + 1;
+            }
+        }
+        Table {
+            axes,
+            caps,
+            strides,
+            states,
+            coord,
+        }
+    }
+
+    /// Pieces for candidates with `value` each (non-positive ones left out): unbounded when
+    /// the cap is at least what fits in the table's resources, else split in binary.
+    fn pieces(&self, grid: &Grid, cand: &[(usize, u32)], value: &[f64]) -> Option<Vec<Piece>> {
+        let mut pieces = Vec::new();
+        for (p, (_, u)) in cand.iter().enumerate() {
+            if value[p] <= 0.0 {
+                continue;
+            }
+            let q: Vec<usize> = self.axes.iter().map(|i| grid.q[p][*i]).collect();
+            if q.iter().all(|x| *x == 0) {
+                return None;
+            }
+            let fits = q
+                .iter()
+                .zip(&self.caps)
+                .filter(|(q, _)| **q > 0)
+                .map(|(q, c)| c / q)
+                .min()
+                .unwrap_or(0);
+            if fits == 0 {
+                continue;
+            }
+            let mut add = |k: u32, unbounded: bool| {
+                let need: Vec<usize> = q.iter().map(|x| x * k as usize).collect();
+                let offset = need.iter().zip(&self.strides).map(|(n, st)| n * st).sum();
+                pieces.push(Piece {
+                    cand: p,
+                    k,
+                    need,
+                    offset,
+                    unbounded,
+                    value: value[p] * f64::from(k),
+                });
+            };
+            if *u as usize >= fits {
+                add(1, true);
+            } else {
+                let mut left = *u;
+                let mut k = 1;
+                while left > 0 {
+                    let take = k.min(left);
+                    add(take, false);
+                    left -= take;
+                    k *= 2;
+                }
+            }
+        }
+        (pieces.len() < usize::from(u16::MAX)).then_some(pieces)
+    }
+
+    /// The best value within the table's room; with `record`, also one bit per (piece, state)
+    /// saying whether the piece's layer took it there, from which a best pattern is read back.
+    fn solve(&self, pieces: &[Piece], record: bool) -> (f64, Vec<u64>) {
+        let nd = self.axes.len();
+        let n = self.states;
+        let mut dp = vec![0.0f64; n];
+        let mut taken = if record {
+            vec![0u64; (pieces.len() * n).div_ceil(64)]
+        } else {
+            Vec::new()
+        };
+        for (pi, piece) in pieces.iter().enumerate() {
+            let base = pi * n;
+            let mut step = |st: usize| {
+                let c = &self.coord[st * nd..st * nd + nd];
+                if c.iter().zip(&piece.need).all(|(c, n)| c >= n) {
+                    let with = dp[st - piece.offset] + piece.value;
+                    if with > dp[st] {
+                        dp[st] = with;
+                        if record {
+                            let bit = base + st;
+                            taken[bit / 64] |= 1u64 << (bit % 64);
+                        }
+                    }
+                }
+            };
+            if piece.unbounded {
+                (0..n).for_each(&mut step);
+            } else {
+                (0..n).rev().for_each(&mut step);
+            }
+        }
+        (dp[n - 1], taken)
+    }
+}
+
+impl Table {
+    /// The pattern (pods per item) of the best value at the full room, read back layer by
+    /// layer from [`Table::solve`]'s bits: a piece's bit at a state says its layer took it.
+    fn read_back(
+        &self,
+        pieces: &[Piece],
+        taken: &[u64],
+        cand: &[(usize, u32)],
+        items: usize,
+    ) -> Option<Vec<u32>> {
+        let n = self.states;
+        let bit = |pi: usize, st: usize| {
+            let b = pi * n + st;
+            taken
+                .get(b / 64)
+                .is_some_and(|w| w & (1u64 << (b % 64)) != 0)
+        };
+        let mut counts = vec![0u32; items];
+        let mut st = n - 1;
+        for (pi, piece) in pieces.iter().enumerate().rev() {
+            while bit(pi, st) {
+                counts[cand[piece.cand].0] += piece.k;
+                st = st.checked_sub(piece.offset)?;
+                if !piece.unbounded || piece.offset == 0 {
+                    break;
+                }
+            }
+        }
+        Some(counts)
+    }
+}
+
+/// Most bits the table of taken pieces may use (16 MiB) for reading a best pattern back.
+const DP_RECORD_BITS: usize = 1 << 27;
+
+/// The exact optimum of one node kind's knapsack by dynamic programming over its room (see
+/// [`Grid`]). Exact, hence a valid upper bound whatever the search does. `None` when
+/// candidates conflict or the table would exceed `limit` states.
+fn exact_pattern(
+    kind: &PatternKind,
+    items: &[PatternItem],
+    values: &[f64],
+    cand: &[(usize, u32)],
+    limit: usize,
+) -> Option<ExactPattern> {
+    if conflicting(items, cand) {
+        return None;
+    }
+    let grid = Grid::of(kind, items, cand)?;
+    grid.states(None, limit)?;
+    let table = Table::new(&grid, None);
+    let value: Vec<f64> = cand.iter().map(|(s, _)| values[*s]).collect();
+    let pieces = table.pieces(&grid, cand, &value)?;
+    let record = pieces.len().saturating_mul(table.states) <= DP_RECORD_BITS;
+    let (best, taken) = table.solve(&pieces, record);
+    if !record {
+        return Some(ExactPattern {
+            value: best,
+            counts: None,
+        });
+    }
+    let Some(counts) = table.read_back(&pieces, &taken, cand, items.len()) else {
+        return Some(ExactPattern {
+            value: best,
+            counts: None,
+        });
+    };
+    let ok = cand.iter().all(|(s, u)| counts[*s] <= *u) && {
+        let mut used = [0i64; DIMS];
+        for (s, c) in counts.iter().enumerate() {
+            for d in 0..DIMS {
+                used[d] += items[s].req[d] * i64::from(*c);
+            }
+        }
+        (0..DIMS).all(|d| used[d] <= kind.room[d])
+    };
+    Some(ExactPattern {
+        value: best,
+        counts: ok.then_some(counts),
+    })
+}
+
+/// Whether two candidates may not share a node (the dynamic programs do not model that).
+fn conflicting(items: &[PatternItem], cand: &[(usize, u32)]) -> bool {
+    cand.iter().any(|(s, _)| {
+        items[*s]
+            .conflicts
+            .iter()
+            .any(|t| cand.iter().any(|(c, _)| c == t))
+    })
+}
+
+/// A pattern that fits a node kind: its value and pods per item.
+type Found = (f64, Vec<u32>);
+
+/// An upper bound on one node kind's best pattern: one resource `r` is moved into the
+/// objective with a multiplier `μ ≥ 0` and the others are kept whole, by dynamic programming:
+/// `UB(μ) = μ·room_r + max over patterns fitting the other resources of Σ (v_p − μ·req_p,r)·k_p`.
+/// For a pattern that fits every resource, `room_r − Σ req_p,r·k_p ≥ 0`, so `UB(μ)` is at least
+/// its value whatever `μ` is; the search over `μ` only makes the bound tighter. Every resource
+/// whose relaxation leaves a table of at most [`LAGRANGE_DP_STATES`] states is tried, and the
+/// least bound kept. Also returns the most valuable pattern met along the way that fits every
+/// resource (a column the branch and bound may have missed). `None` when candidates conflict
+/// or no table is small enough.
+fn lagrangian_upper(
+    kind: &PatternKind,
+    items: &[PatternItem],
+    values: &[f64],
+    cand: &[(usize, u32)],
+) -> Option<(f64, Option<Found>)> {
+    if conflicting(items, cand) {
+        return None;
+    }
+    let grid = Grid::of(kind, items, cand)?;
+    let mut best: Option<f64> = None;
+    let mut found: Option<Found> = None;
+    for r in 0..grid.caps.len() {
+        if grid.states(Some(r), LAGRANGE_DP_STATES).is_none() {
+            continue;
+        }
+        let table = Table::new(&grid, Some(r));
+        let cap_r = grid.caps[r] as f64;
+        let mut eval = |mu: f64| -> Option<f64> {
+            let v: Vec<f64> = cand
+                .iter()
+                .enumerate()
+                .map(|(p, (s, _))| values[*s] - mu * grid.q[p][r] as f64)
+                .collect();
+            let pieces = table.pieces(&grid, cand, &v)?;
+            let record = pieces.len().saturating_mul(table.states) <= DP_RECORD_BITS;
+            let (dp, taken) = table.solve(&pieces, record);
+            if record && let Some(counts) = table.read_back(&pieces, &taken, cand, items.len()) {
+                let fits = cand.iter().all(|(s, u)| counts[*s] <= *u) && {
+                    let mut used = [0i64; DIMS];
+                    for (s, c) in counts.iter().enumerate() {
+                        for d in 0..DIMS {
+                            used[d] += items[s].req[d] * i64::from(*c);
+                        }
+                    }
+                    (0..DIMS).all(|d| used[d] <= kind.room[d])
+                };
+                let value: f64 = counts
+                    .iter()
+                    .zip(values)
+                    .map(|(c, v)| f64::from(*c) * v)
+                    .sum();
+                if fits && found.as_ref().is_none_or(|(f, _)| value > *f) {
+                    found = Some((value, counts));
+                }
+            }
+            Some(mu * cap_r + dp)
+        };
+        // μ beyond the largest value per unit of r only adds μ·room_r.
+        let hi = cand
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| grid.q[*p][r] > 0)
+            .map(|(p, (s, _))| values[*s] / grid.q[p][r] as f64)
+            .fold(0.0f64, f64::max);
+        let (mut a, mut b) = (0.0f64, hi);
+        let phi = (5f64.sqrt() - 1.0) / 2.0;
+        let mut x1 = b - phi * (b - a);
+        let mut x2 = a + phi * (b - a);
+        let mut f1 = eval(x1)?;
+        let mut f2 = eval(x2)?;
+        let mut low = eval(0.0)?.min(f1).min(f2);
+        for _ in 0..LAGRANGE_STEPS {
+            if f1 <= f2 {
+                b = x2;
+                x2 = x1;
+                f2 = f1;
+                x1 = b - phi * (b - a);
+                f1 = eval(x1)?;
+                low = low.min(f1);
+            } else {
+                a = x1;
+                x1 = x2;
+                f1 = f2;
+                x2 = a + phi * (b - a);
+                f2 = eval(x2)?;
+                low = low.min(f2);
+            }
+        }
+        best = Some(best.map_or(low, |b: f64| b.min(low)));
+    }
+    best.map(|b| (b, found))
 }
 
 /// Multipliers for the resources of one node kind: the duals of the knapsack's LP relaxation
@@ -1048,7 +1531,7 @@ mod tests {
                 .iter()
                 .map(|p| p.iter().zip(&v).map(|(k, x)| f64::from(*k) * x).sum::<f64>())
                 .fold(0.0f64, f64::max);
-            let r = best_pattern(&lp.kinds[0], &lp.items, &v, budget);
+            let r = best_pattern(&lp.kinds[0], &lp.items, &v, budget, true);
             prop_assert!(r.upper >= best * (1.0 - 1e-9) - 1e-9, "upper {} < best {}", r.upper, best);
             prop_assert!(r.value <= best * (1.0 + 1e-9) + 1e-9);
         }
