@@ -370,6 +370,7 @@ pub(crate) fn generate_columns(lp: &PatternLp, budget: &PatternBudget, prove: bo
     let mut search = budget.search;
     let mut refine = false;
     let mut last = (0, false, f64::INFINITY);
+    let mut work = DpWork(DP_WORK);
     for _ in 0..budget.rounds {
         let Some((_, y)) = simplex_cover_duals(&cols, &costs, m) else {
             break;
@@ -378,7 +379,7 @@ pub(crate) fn generate_columns(lp: &PatternLp, budget: &PatternBudget, prove: bo
         let mut theta = 1.0f64;
         let mut found: Vec<(f64, usize, Vec<u32>)> = Vec::new();
         for (ki, kind) in lp.kinds.iter().enumerate() {
-            let r = best_pattern(kind, items, &values, search, refine);
+            let r = best_pattern(kind, items, &values, search, refine, &mut work);
             theta = theta.max(ratio(r.upper, kind.price));
             if r.value > kind.price * (1.0 + 1e-7) {
                 found.push((r.value / kind.price, ki, r.counts));
@@ -414,7 +415,7 @@ pub(crate) fn generate_columns(lp: &PatternLp, budget: &PatternBudget, prove: bo
     if let Some(values) = last_values.filter(|_| deeper && last_theta > 1.0 + 1e-9) {
         let mut theta = 1.0f64;
         for kind in &lp.kinds {
-            let r = best_pattern(kind, items, &values, budget.final_search, prove);
+            let r = best_pattern(kind, items, &values, budget.final_search, prove, &mut work);
             theta = theta.max(ratio(r.upper, kind.price));
         }
         best_lb = best_lb.max(covered(&values, items) / theta);
@@ -479,6 +480,7 @@ fn best_pattern(
     values: &[f64],
     budget: u32,
     refine: bool,
+    work: &mut DpWork,
 ) -> PatternSearch {
     let mut cand: Vec<(usize, u32)> = Vec::new();
     for (s, it) in items.iter().enumerate() {
@@ -586,7 +588,7 @@ fn best_pattern(
     let open =
         |o: &PatternSearch| o.upper > o.value * (1.0 + 1e-9) && o.upper > kind.price * (1.0 + 1e-9);
     if open(&out)
-        && let Some(exact) = exact_pattern(kind, items, values, &cand, DP_STATES)
+        && let Some(exact) = exact_pattern(kind, items, values, &cand, DP_STATES, work)
     {
         if let Some(counts) = exact.counts.filter(|_| exact.value > out.value) {
             out.value = exact.value;
@@ -599,7 +601,7 @@ fn best_pattern(
     if refine
         && open(&out)
         && let Some((l, found)) =
-            lagrangian_upper(kind, items, values, &cand, out.value.max(kind.price))
+            lagrangian_upper(kind, items, values, &cand, out.value.max(kind.price), work)
     {
         if let Some((v, counts)) = found.filter(|(v, _)| *v > out.value) {
             out.value = v;
@@ -608,6 +610,25 @@ fn best_pattern(
         out.upper = out.upper.min(l).max(out.value);
     }
     out
+}
+
+/// Table cells (states × entries) the dynamic programs may fill in one column generation; past
+/// it, pricing falls back to the branch and bound alone (the bound stays valid, only weaker).
+const DP_WORK: u64 = 8_000_000_000;
+
+/// What is left of a [`DP_WORK`]-style allowance of table cells.
+struct DpWork(u64);
+
+impl DpWork {
+    /// Takes `cells` from the allowance; `false` (nothing taken) when too few are left.
+    fn take(&mut self, cells: usize) -> bool {
+        let cells = u64::try_from(cells).unwrap_or(u64::MAX);
+        if cells > self.0 {
+            return false;
+        }
+        self.0 -= cells;
+        true
+    }
 }
 
 /// Most states the exact dynamic program over one node's resources may use.
@@ -880,6 +901,7 @@ fn exact_pattern(
     values: &[f64],
     cand: &[(usize, u32)],
     limit: usize,
+    work: &mut DpWork,
 ) -> Option<ExactPattern> {
     if conflicting(items, cand) {
         return None;
@@ -889,6 +911,9 @@ fn exact_pattern(
     let table = Table::new(&grid, None);
     let value: Vec<f64> = cand.iter().map(|(s, _)| values[*s]).collect();
     let pieces = table.pieces(&grid, cand, &value)?;
+    if !work.take(pieces.len().saturating_mul(table.states)) {
+        return None;
+    }
     let record = pieces.len().saturating_mul(table.states) <= DP_RECORD_BITS;
     let (best, taken) = table.solve(&pieces, record);
     if !record {
@@ -947,6 +972,7 @@ fn lagrangian_upper(
     values: &[f64],
     cand: &[(usize, u32)],
     enough: f64,
+    work: &mut DpWork,
 ) -> Option<(f64, Option<Found>)> {
     if conflicting(items, cand) {
         return None;
@@ -972,6 +998,10 @@ fn lagrangian_upper(
                 .map(|(p, (s, _))| values[*s] - mu * grid.q[p][r] as f64)
                 .collect();
             let pieces = table.pieces(&grid, cand, &v)?;
+            if !work.take(pieces.len().saturating_mul(table.states)) {
+                // Out of allowance: a valid bound that says nothing.
+                return Some(f64::INFINITY);
+            }
             let record = pieces.len().saturating_mul(table.states) <= DP_RECORD_BITS;
             let (dp, taken) = table.solve(&pieces, record);
             if record && let Some(counts) = table.read_back(&pieces, &taken, cand, items.len()) {
@@ -1569,7 +1599,7 @@ mod tests {
                 .iter()
                 .map(|p| p.iter().zip(&v).map(|(k, x)| f64::from(*k) * x).sum::<f64>())
                 .fold(0.0f64, f64::max);
-            let r = best_pattern(&lp.kinds[0], &lp.items, &v, budget, true);
+            let r = best_pattern(&lp.kinds[0], &lp.items, &v, budget, true, &mut DpWork(u64::MAX));
             prop_assert!(r.upper >= best * (1.0 - 1e-9) - 1e-9, "upper {} < best {}", r.upper, best);
             prop_assert!(r.value <= best * (1.0 + 1e-9) + 1e-9);
         }
@@ -1632,7 +1662,7 @@ mod tests {
             let best = all.iter().map(|p| value_of(p)).fold(0.0f64, f64::max);
             let cand = candidates(&lp, kind, &v);
             prop_assume!(!cand.is_empty());
-            let exact = exact_pattern(kind, &lp.items, &v, &cand, DP_STATES).unwrap();
+            let exact = exact_pattern(kind, &lp.items, &v, &cand, DP_STATES, &mut DpWork(u64::MAX)).unwrap();
             prop_assert!((exact.value - best).abs() <= 1e-9 * best.max(1.0), "dp {} vs best {}", exact.value, best);
             if let Some(counts) = exact.counts {
                 prop_assert!(counts.iter().all(|c| *c == 0) || all.contains(&counts), "{:?} does not fit", counts);
@@ -1659,7 +1689,7 @@ mod tests {
             let best = all.iter().map(|p| value_of(p)).fold(0.0f64, f64::max);
             let cand = candidates(&lp, kind, &v);
             prop_assume!(!cand.is_empty());
-            let (upper, found) = lagrangian_upper(kind, &lp.items, &v, &cand, f64::from(enough) / 10.0).unwrap();
+            let (upper, found) = lagrangian_upper(kind, &lp.items, &v, &cand, f64::from(enough) / 10.0, &mut DpWork(u64::MAX)).unwrap();
             prop_assert!(upper >= best * (1.0 - 1e-9) - 1e-9, "upper {} < best {}", upper, best);
             if let Some((value, counts)) = found {
                 prop_assert!(counts.iter().all(|c| *c == 0) || all.contains(&counts), "{:?} does not fit", counts);
