@@ -8,8 +8,9 @@
 //!                          right-size each bin to its cheapest type ◀──┘ ─▶ Plan
 //! ```
 //!
-//! `binpack` does the packing, `select` chooses and ranks instance types, and `lower_bound`
-//! solves the LP relaxation that benchmarks measure the plan against.
+//! `binpack` does the packing (and re-packs unconstrained pods from the configuration LP when
+//! that is cheaper), `select` chooses and ranks instance types, and `lower_bound` solves the LP
+//! relaxations that benchmarks measure the plan against.
 
 pub mod binpack;
 pub mod command;
@@ -192,7 +193,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             best = Some((c, candidate));
         }
     }
-    // Only the winner is polished: the improvement pass is the costliest step per bin.
+    // Only the winner is polished: LP rounding and the improvement pass are the costliest steps.
     match best {
         Some((_, mut packed)) => {
             packed.round_lp();

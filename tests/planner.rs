@@ -619,6 +619,31 @@ fn plan_cost_is_near_the_lower_bound_for_uniform_pods() {
     );
 }
 
+/// LP rounding re-packs the batch mix (large pods of four shapes) onto the configuration LP's
+/// patterns: cheaper than the greedy packing it replaces, and a valid plan.
+#[test]
+fn lp_rounding_improves_the_batch_mix() {
+    use gantry::plan::binpack::{Order, Packer, Strategy as Packing};
+    let mut ps = Vec::new();
+    for (s, (cpu, mem)) in [(4000, 16), (8000, 30), (16000, 60), (2000, 4)]
+        .into_iter()
+        .enumerate()
+    {
+        ps.extend(pods(40, &format!("job{s}"), cpu, mem * GI));
+    }
+    let pools = default_pool();
+    let input = empty_cluster(&ps, &pools);
+    let mut packed = Packer::new(&input).packed(Packing::PerPod, Order::Dominant);
+    let before = packed.outcome();
+    assert!(packed.round_lp(), "rounding found nothing cheaper");
+    let after = packed.outcome();
+    assert_eq!(before.0, after.0);
+    assert!(after.1 < before.1, "{} >= {}", after.1, before.1);
+    let p = packed.finish();
+    check_invariants(&input, &p);
+    assert!((p.cost_per_hour() - after.1).abs() < 1e-6);
+}
+
 #[test]
 fn gantry_plan_cli_prints_json() {
     let dir = tempfile::tempdir().unwrap();
@@ -855,6 +880,77 @@ proptest! {
             let p = packed.finish();
             check_invariants(&input, &p);
             prop_assert!((p.cost_per_hour() - after.1).abs() < 1e-6, "{} vs {}", p.cost_per_hour(), after.1);
+        }
+    }
+}
+
+/// Pods LP rounding may move: no topology of their own, some with a node selector, some
+/// tolerating the spot pool's taint; few shapes with many pods each.
+fn arb_free_pods() -> impl Strategy<Value = Vec<PodDemand>> {
+    prop::collection::vec(
+        (
+            prop::sample::select(vec![250i64, 500, 1000, 2000, 4000, 8000]),
+            prop::sample::select(vec![512i64, 1024, 4096, 16384, 32768]),
+            1usize..12,
+            any::<bool>(),
+            any::<bool>(),
+        ),
+        1..6,
+    )
+    .prop_map(|groups| {
+        let mut out = Vec::new();
+        for (g, (cpu, mem, n, arm, tolerate)) in groups.into_iter().enumerate() {
+            for mut p in pods(n, &format!("g{g}"), cpu, mem * MI) {
+                if arm {
+                    p.node_selector = Requirements(vec![Requirement::is_in(ARCH, &["arm64"])]);
+                }
+                if tolerate {
+                    p.tolerations.push(Toleration {
+                        key: "spot".into(),
+                        operator: TolerationOperator::Exists,
+                        ..Default::default()
+                    });
+                }
+                out.push(p);
+            }
+        }
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// LP rounding never makes a packing dearer or leaves more pods unschedulable, and its plan
+    /// keeps every invariant, on free pods (where it applies) and on constrained ones (where it
+    /// must leave them alone).
+    #[test]
+    fn lp_rounding_never_raises_cost(
+        free in arb_free_pods(),
+        constrained in arb_pods(),
+        limit in prop::option::of(1i64..6),
+        mix in any::<bool>(),
+    ) {
+        use gantry::plan::binpack::{Order, Packer, Strategy as Packing};
+        let pools = two_pools(limit, Vec::new());
+        let mut ps = free;
+        if mix {
+            ps.extend(constrained);
+        }
+        let input = empty_cluster(&ps, &pools);
+        for (strategy, order) in [(Packing::PerPod, Order::Dominant), (Packing::Fractional, Order::Memory)] {
+            let mut packed = Packer::new(&input).packed(strategy, order);
+            let before = packed.outcome();
+            let changed = packed.round_lp();
+            let after = packed.outcome();
+            prop_assert!(after.0 <= before.0);
+            prop_assert!(after.1 <= before.1 + 1e-9, "{} > {}", after.1, before.1);
+            prop_assert!(changed || after == before);
+            packed.improve();
+            let p = packed.finish();
+            check_invariants(&input, &p);
+            let lb = plan_lower_bound(&input, &p);
+            prop_assert!(lb <= p.cost_per_hour() * (1.0 + 1e-6) + 1e-9, "bound {lb} > cost {}", p.cost_per_hour());
         }
     }
 }

@@ -36,9 +36,9 @@ const MAX_ZONES: usize = 32;
 const ROUNDING_MAX_ITEMS: usize = 64;
 /// Column generation's work for LP rounding (no final tightening pass: only columns matter).
 const ROUNDING_BUDGET: PatternBudget = PatternBudget {
-    rounds: 40,
-    search: 300,
-    final_search: 300,
+    rounds: 20,
+    search: 100,
+    final_search: 100,
     columns_per_round: 40,
 };
 /// Nodes diving may fix, at most (each step re-solves the master LP over known columns).
@@ -1871,23 +1871,30 @@ impl<'a> Packer<'a> {
                 shape_of_item[i] = s;
             }
         }
+        // The packing's own nodes seed the LP, once per distinct composition.
+        let mut seeds: HashMap<Vec<u32>, f64> = HashMap::new();
         for &b in &ids {
             let bin = &self.bins[b];
             let BinKind::New { pool, .. } = bin.kind else {
                 continue;
             };
+            let mut counts = vec![0u32; lp.items.len()];
+            for (s, c) in &bin.members {
+                counts[item_of[*s]] += c;
+            }
+            if seeds.contains_key(&counts) {
+                continue;
+            }
             let used = self.used_of(&bin.members);
             let price = self.by_price.get(pool).and_then(|o| {
                 self.cheapest_type(o, pool, bin.pin, &bin.members, &used, f64::INFINITY)
             });
             if let Some((_, price)) = price {
-                let mut counts = vec![0u32; lp.items.len()];
-                for (s, c) in &bin.members {
-                    counts[item_of[*s]] += c;
-                }
-                lp.seeds.push((counts, price));
+                seeds.insert(counts, price);
             }
         }
+        lp.seeds = seeds.into_iter().collect();
+        lp.seeds.sort_by(|a, b| a.0.cmp(&b.0));
         // Floor the LP's solution; what is left is either packed greedily or rounded by
         // diving (the cheaper packing wins).
         let mut remaining: Vec<u32> = lp.items.iter().map(|it| it.demand).collect();

@@ -365,9 +365,12 @@ pub(crate) fn generate_columns(lp: &PatternLp, budget: &PatternBudget, prove: bo
     }
     let mut best_lb = 0.0f64;
     let mut last_values: Option<Vec<f64>> = None;
-    // The search budget grows when a round finds no column while θ says one may exist.
+    // When a round finds no column while θ says one may exist, the proving refinements (dynamic
+    // programs) switch on first, then the search budget grows.
     let mut search = budget.search;
-    let mut last_search = 0;
+    let mut refine = false;
+    let mut last = (0, false, f64::INFINITY);
+    let mut work = DpWork(DP_WORK);
     for _ in 0..budget.rounds {
         let Some((_, y)) = simplex_cover_duals(&cols, &costs, m) else {
             break;
@@ -375,9 +378,8 @@ pub(crate) fn generate_columns(lp: &PatternLp, budget: &PatternBudget, prove: bo
         let values: Vec<f64> = y.iter().zip(&demand).map(|(y, d)| y.max(0.0) / d).collect();
         let mut theta = 1.0f64;
         let mut found: Vec<(f64, usize, Vec<u32>)> = Vec::new();
-        let refine = prove && search >= budget.final_search;
         for (ki, kind) in lp.kinds.iter().enumerate() {
-            let r = best_pattern(kind, items, &values, search, refine);
+            let r = best_pattern(kind, items, &values, search, refine, &mut work);
             theta = theta.max(ratio(r.upper, kind.price));
             if r.value > kind.price * (1.0 + 1e-7) {
                 found.push((r.value / kind.price, ki, r.counts));
@@ -385,9 +387,16 @@ pub(crate) fn generate_columns(lp: &PatternLp, budget: &PatternBudget, prove: bo
         }
         best_lb = best_lb.max(covered(&values, items) / theta);
         last_values = Some(values);
-        last_search = search;
+        last = (search, refine, theta);
         if found.is_empty() {
-            if theta <= 1.0 + 1e-9 || search >= budget.final_search {
+            if theta <= 1.0 + 1e-9 {
+                break;
+            }
+            if prove && !refine {
+                refine = true;
+                continue;
+            }
+            if search >= budget.final_search {
                 break;
             }
             search = search.saturating_mul(4).min(budget.final_search);
@@ -401,10 +410,12 @@ pub(crate) fn generate_columns(lp: &PatternLp, budget: &PatternBudget, prove: bo
         }
     }
     // A deeper search on the last values tightens θ where the short one stopped early.
-    if let Some(values) = last_values.filter(|_| last_search < budget.final_search) {
+    let (last_search, last_refined, last_theta) = last;
+    let deeper = last_search < budget.final_search || (prove && !last_refined);
+    if let Some(values) = last_values.filter(|_| deeper && last_theta > 1.0 + 1e-9) {
         let mut theta = 1.0f64;
         for kind in &lp.kinds {
-            let r = best_pattern(kind, items, &values, budget.final_search, prove);
+            let r = best_pattern(kind, items, &values, budget.final_search, prove, &mut work);
             theta = theta.max(ratio(r.upper, kind.price));
         }
         best_lb = best_lb.max(covered(&values, items) / theta);
@@ -469,6 +480,7 @@ fn best_pattern(
     values: &[f64],
     budget: u32,
     refine: bool,
+    work: &mut DpWork,
 ) -> PatternSearch {
     let mut cand: Vec<(usize, u32)> = Vec::new();
     for (s, it) in items.iter().enumerate() {
@@ -487,16 +499,6 @@ fn best_pattern(
     };
     if cand.is_empty() {
         return out;
-    }
-    let mut known_upper = f64::INFINITY;
-    if let Some(exact) = exact_pattern(kind, items, values, &cand, DP_STATES) {
-        if let Some(counts) = exact.counts {
-            out.value = exact.value;
-            out.upper = exact.value;
-            out.counts = counts;
-            return out;
-        }
-        known_upper = exact.value;
     }
     // Constraints of the relaxation: each resource the pods use, and two surrogates (sums of
     // resources as fractions of the node), all implied by "the pods fit".
@@ -580,13 +582,26 @@ fn best_pattern(
     for (p, (s, _)) in cand.iter().enumerate() {
         out.counts[*s] = search.best_counts[p];
     }
-    out.upper = upper.min(known_upper).max(search.best);
-    // Where the search left a gap that matters to θ, a Lagrangian bound kept whole in all but
-    // one resource is often far tighter than the relaxations above.
+    out.upper = upper.max(search.best);
+    // Where the search left a gap that matters (a column may exist, or θ would rise), small
+    // kinds are solved exactly by dynamic programming.
+    let open =
+        |o: &PatternSearch| o.upper > o.value * (1.0 + 1e-9) && o.upper > kind.price * (1.0 + 1e-9);
+    if open(&out)
+        && let Some(exact) = exact_pattern(kind, items, values, &cand, DP_STATES, work)
+    {
+        if let Some(counts) = exact.counts.filter(|_| exact.value > out.value) {
+            out.value = exact.value;
+            out.counts = counts;
+        }
+        out.upper = out.upper.min(exact.value).max(out.value);
+    }
+    // Otherwise, a Lagrangian bound kept whole in all but one resource is often far tighter
+    // than the relaxations of the search.
     if refine
-        && out.upper > out.value * (1.0 + 1e-9)
-        && out.upper > kind.price * (1.0 + 1e-9)
-        && let Some((l, found)) = lagrangian_upper(kind, items, values, &cand)
+        && open(&out)
+        && let Some((l, found)) =
+            lagrangian_upper(kind, items, values, &cand, out.value.max(kind.price), work)
     {
         if let Some((v, counts)) = found.filter(|(v, _)| *v > out.value) {
             out.value = v;
@@ -595,6 +610,25 @@ fn best_pattern(
         out.upper = out.upper.min(l).max(out.value);
     }
     out
+}
+
+/// Table cells (states × entries) the dynamic programs may fill in one column generation; past
+/// it, pricing falls back to the branch and bound alone (the bound stays valid, only weaker).
+const DP_WORK: u64 = 8_000_000_000;
+
+/// What is left of a [`DP_WORK`]-style allowance of table cells.
+struct DpWork(u64);
+
+impl DpWork {
+    /// Takes `cells` from the allowance; `false` (nothing taken) when too few are left.
+    fn take(&mut self, cells: usize) -> bool {
+        let cells = u64::try_from(cells).unwrap_or(u64::MAX);
+        if cells > self.0 {
+            return false;
+        }
+        self.0 -= cells;
+        true
+    }
 }
 
 /// Most states the exact dynamic program over one node's resources may use.
@@ -787,25 +821,36 @@ impl Table {
         } else {
             Vec::new()
         };
+        // Rows run along the first resource; a row's states share the other coordinates.
+        let run = self.caps.first().map_or(1, |c| c + 1);
+        let rows: Vec<usize> = (0..n).step_by(run).collect();
         for (pi, piece) in pieces.iter().enumerate() {
             let base = pi * n;
-            let mut step = |st: usize| {
-                let c = &self.coord[st * nd..st * nd + nd];
-                if c.iter().zip(&piece.need).all(|(c, n)| c >= n) {
-                    let with = dp[st - piece.offset] + piece.value;
-                    if with > dp[st] {
-                        dp[st] = with;
-                        if record {
-                            let bit = base + st;
-                            taken[bit / 64] |= 1u64 << (bit % 64);
-                        }
+            let lo = piece.need.first().copied().unwrap_or(0);
+            let fits_row = |row: &usize| {
+                let c = &self.coord[row * nd..row * nd + nd];
+                c.iter().zip(&piece.need).skip(1).all(|(c, n)| c >= n)
+            };
+            let off = piece.offset;
+            let v = piece.value;
+            let mut cell = |st: usize| {
+                let with = dp[st - off] + v;
+                if with > dp[st] {
+                    dp[st] = with;
+                    if record {
+                        let bit = base + st;
+                        taken[bit / 64] |= 1u64 << (bit % 64);
                     }
                 }
             };
             if piece.unbounded {
-                (0..n).for_each(&mut step);
+                for &row in rows.iter().filter(|r| fits_row(r)) {
+                    (row + lo..row + run).for_each(&mut cell);
+                }
             } else {
-                (0..n).rev().for_each(&mut step);
+                for &row in rows.iter().rev().filter(|r| fits_row(r)) {
+                    (row + lo..row + run).rev().for_each(&mut cell);
+                }
             }
         }
         (dp[n - 1], taken)
@@ -856,6 +901,7 @@ fn exact_pattern(
     values: &[f64],
     cand: &[(usize, u32)],
     limit: usize,
+    work: &mut DpWork,
 ) -> Option<ExactPattern> {
     if conflicting(items, cand) {
         return None;
@@ -865,6 +911,9 @@ fn exact_pattern(
     let table = Table::new(&grid, None);
     let value: Vec<f64> = cand.iter().map(|(s, _)| values[*s]).collect();
     let pieces = table.pieces(&grid, cand, &value)?;
+    if !work.take(pieces.len().saturating_mul(table.states)) {
+        return None;
+    }
     let record = pieces.len().saturating_mul(table.states) <= DP_RECORD_BITS;
     let (best, taken) = table.solve(&pieces, record);
     if !record {
@@ -913,14 +962,17 @@ type Found = (f64, Vec<u32>);
 /// For a pattern that fits every resource, `room_r − Σ req_p,r·k_p ≥ 0`, so `UB(μ)` is at least
 /// its value whatever `μ` is; the search over `μ` only makes the bound tighter. Every resource
 /// whose relaxation leaves a table of at most [`LAGRANGE_DP_STATES`] states is tried, and the
-/// least bound kept. Also returns the most valuable pattern met along the way that fits every
-/// resource (a column the branch and bound may have missed). `None` when candidates conflict
-/// or no table is small enough.
+/// least bound kept; the search stops once the bound is at most `enough` (it can no longer
+/// matter). Also returns the most valuable pattern met along the way that fits every resource
+/// (a column the branch and bound may have missed). `None` when candidates conflict or no
+/// table is small enough.
 fn lagrangian_upper(
     kind: &PatternKind,
     items: &[PatternItem],
     values: &[f64],
     cand: &[(usize, u32)],
+    enough: f64,
+    work: &mut DpWork,
 ) -> Option<(f64, Option<Found>)> {
     if conflicting(items, cand) {
         return None;
@@ -928,9 +980,14 @@ fn lagrangian_upper(
     let grid = Grid::of(kind, items, cand)?;
     let mut best: Option<f64> = None;
     let mut found: Option<Found> = None;
-    for r in 0..grid.caps.len() {
-        if grid.states(Some(r), LAGRANGE_DP_STATES).is_none() {
-            continue;
+    // Smallest tables first.
+    let mut order: Vec<(usize, usize)> = (0..grid.caps.len())
+        .filter_map(|r| grid.states(Some(r), LAGRANGE_DP_STATES).map(|n| (n, r)))
+        .collect();
+    order.sort_unstable();
+    for (_, r) in order {
+        if best.is_some_and(|b| b <= enough) {
+            break;
         }
         let table = Table::new(&grid, Some(r));
         let cap_r = grid.caps[r] as f64;
@@ -941,6 +998,10 @@ fn lagrangian_upper(
                 .map(|(p, (s, _))| values[*s] - mu * grid.q[p][r] as f64)
                 .collect();
             let pieces = table.pieces(&grid, cand, &v)?;
+            if !work.take(pieces.len().saturating_mul(table.states)) {
+                // Out of allowance: a valid bound that says nothing.
+                return Some(f64::INFINITY);
+            }
             let record = pieces.len().saturating_mul(table.states) <= DP_RECORD_BITS;
             let (dp, taken) = table.solve(&pieces, record);
             if record && let Some(counts) = table.read_back(&pieces, &taken, cand, items.len()) {
@@ -977,8 +1038,11 @@ fn lagrangian_upper(
         let mut x2 = a + phi * (b - a);
         let mut f1 = eval(x1)?;
         let mut f2 = eval(x2)?;
-        let mut low = eval(0.0)?.min(f1).min(f2);
+        let mut low = f1.min(f2);
         for _ in 0..LAGRANGE_STEPS {
+            if low <= enough {
+                break;
+            }
             if f1 <= f2 {
                 b = x2;
                 x2 = x1;
@@ -1492,6 +1556,10 @@ mod tests {
             let opt = brute_force_optimum(&lp);
             let v = pattern_bound(&lp);
             prop_assert!(v <= opt * (1.0 + 1e-9) + 1e-9, "bound {} > optimum {}", v, opt);
+            // A starved search leaves every kind open, so the dynamic programs decide.
+            let starved = PatternBudget { rounds: 60, search: 1, final_search: 1, columns_per_round: 40 };
+            let v = pattern_bound_with(&lp, &starved);
+            prop_assert!(v <= opt * (1.0 + 1e-9) + 1e-9, "starved bound {} > optimum {}", v, opt);
         }
     }
 
@@ -1531,9 +1599,102 @@ mod tests {
                 .iter()
                 .map(|p| p.iter().zip(&v).map(|(k, x)| f64::from(*k) * x).sum::<f64>())
                 .fold(0.0f64, f64::max);
-            let r = best_pattern(&lp.kinds[0], &lp.items, &v, budget, true);
+            let r = best_pattern(&lp.kinds[0], &lp.items, &v, budget, true, &mut DpWork(u64::MAX));
             prop_assert!(r.upper >= best * (1.0 - 1e-9) - 1e-9, "upper {} < best {}", r.upper, best);
             prop_assert!(r.value <= best * (1.0 + 1e-9) + 1e-9);
+        }
+    }
+
+    /// Candidates of one kind as `best_pattern` forms them: allowed items with a positive
+    /// value, at most what fits, the cap and the demand.
+    fn candidates(lp: &PatternLp, kind: &PatternKind, values: &[f64]) -> Vec<(usize, u32)> {
+        lp.items
+            .iter()
+            .enumerate()
+            .filter(|(s, _)| kind.allowed[*s] && values[*s] > 0.0)
+            .map(|(s, it)| (s, fit_count(&kind.room, &it.req).min(it.cap).min(it.demand)))
+            .filter(|(_, u)| *u > 0)
+            .collect()
+    }
+
+    fn one_kind(
+        items: &[(i64, i64, u32, u32)],
+        room_cpu: i64,
+        room_mem: i64,
+        room_pods: i64,
+    ) -> PatternLp {
+        PatternLp {
+            items: items
+                .iter()
+                .map(|(c, m, d, cap)| PatternItem {
+                    req: amount(*c * 250, *m * 64),
+                    demand: *d,
+                    cap: (*cap).min(*d),
+                    conflicts: vec![],
+                })
+                .collect(),
+            kinds: vec![PatternKind {
+                room: room(room_cpu * 250, room_mem * 64 + 17, room_pods),
+                price: 1.0,
+                allowed: vec![true; items.len()],
+            }],
+            seeds: vec![],
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// The dynamic program finds exactly the best pattern (requests on a coarse grid, room
+        /// off the grid), and any pattern it returns fits.
+        #[test]
+        fn exact_pattern_is_the_best_pattern(
+            items in prop::collection::vec((1i64..6, 1i64..6, 1u32..5, 1u32..5), 1..5),
+            room_cpu in 2i64..14,
+            room_mem in 2i64..14,
+            room_pods in 1i64..8,
+            values in prop::collection::vec(0u32..100, 5),
+        ) {
+            let lp = one_kind(&items, room_cpu, room_mem, room_pods);
+            let kind = &lp.kinds[0];
+            let v: Vec<f64> = values.iter().take(items.len()).map(|x| f64::from(*x) / 10.0).collect();
+            let value_of = |p: &[u32]| p.iter().zip(&v).map(|(k, x)| f64::from(*k) * x).sum::<f64>();
+            let all = patterns(&lp, kind);
+            let best = all.iter().map(|p| value_of(p)).fold(0.0f64, f64::max);
+            let cand = candidates(&lp, kind, &v);
+            prop_assume!(!cand.is_empty());
+            let exact = exact_pattern(kind, &lp.items, &v, &cand, DP_STATES, &mut DpWork(u64::MAX)).unwrap();
+            prop_assert!((exact.value - best).abs() <= 1e-9 * best.max(1.0), "dp {} vs best {}", exact.value, best);
+            if let Some(counts) = exact.counts {
+                prop_assert!(counts.iter().all(|c| *c == 0) || all.contains(&counts), "{:?} does not fit", counts);
+                prop_assert!((value_of(&counts) - best).abs() <= 1e-9 * best.max(1.0));
+            }
+        }
+
+        /// The Lagrangian bound with one resource relaxed is never below the best pattern, and
+        /// a pattern it reports fits and is worth what it says.
+        #[test]
+        fn lagrangian_upper_is_above_the_best_pattern(
+            items in prop::collection::vec((1i64..6, 1i64..6, 1u32..5, 1u32..5), 1..5),
+            room_cpu in 2i64..14,
+            room_mem in 2i64..14,
+            room_pods in 1i64..8,
+            values in prop::collection::vec(0u32..100, 5),
+            enough in 0u32..50,
+        ) {
+            let lp = one_kind(&items, room_cpu, room_mem, room_pods);
+            let kind = &lp.kinds[0];
+            let v: Vec<f64> = values.iter().take(items.len()).map(|x| f64::from(*x) / 10.0).collect();
+            let value_of = |p: &[u32]| p.iter().zip(&v).map(|(k, x)| f64::from(*k) * x).sum::<f64>();
+            let all = patterns(&lp, kind);
+            let best = all.iter().map(|p| value_of(p)).fold(0.0f64, f64::max);
+            let cand = candidates(&lp, kind, &v);
+            prop_assume!(!cand.is_empty());
+            let (upper, found) = lagrangian_upper(kind, &lp.items, &v, &cand, f64::from(enough) / 10.0, &mut DpWork(u64::MAX)).unwrap();
+            prop_assert!(upper >= best * (1.0 - 1e-9) - 1e-9, "upper {} < best {}", upper, best);
+            if let Some((value, counts)) = found {
+                prop_assert!(counts.iter().all(|c| *c == 0) || all.contains(&counts), "{:?} does not fit", counts);
+                prop_assert!((value_of(&counts) - value).abs() <= 1e-9 * value.max(1.0));
+            }
         }
     }
 
