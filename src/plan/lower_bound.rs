@@ -1642,6 +1642,45 @@ mod tests {
         }
     }
 
+    /// One kind, random values, every fitting pattern and the best value: what both dynamic
+    /// program proptests check against.
+    struct DpCase {
+        lp: PatternLp,
+        v: Vec<f64>,
+        all: Vec<Vec<u32>>,
+        best: f64,
+        cand: Vec<(usize, u32)>,
+    }
+
+    fn value_of(v: &[f64], p: &[u32]) -> f64 {
+        p.iter().zip(v).map(|(k, x)| f64::from(*k) * x).sum::<f64>()
+    }
+
+    fn dp_case(
+        items: &[(i64, i64, u32, u32)],
+        room_cpu: i64,
+        room_mem: i64,
+        room_pods: i64,
+        values: &[u32],
+    ) -> DpCase {
+        let lp = one_kind(items, room_cpu, room_mem, room_pods);
+        let v: Vec<f64> = values
+            .iter()
+            .take(items.len())
+            .map(|x| f64::from(*x) / 10.0)
+            .collect();
+        let all = patterns(&lp, &lp.kinds[0]);
+        let best = all.iter().map(|p| value_of(&v, p)).fold(0.0f64, f64::max);
+        let cand = candidates(&lp, &lp.kinds[0], &v);
+        DpCase {
+            lp,
+            v,
+            all,
+            best,
+            cand,
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
         /// The dynamic program finds exactly the best pattern (requests on a coarse grid, room
@@ -1654,13 +1693,9 @@ mod tests {
             room_pods in 1i64..8,
             values in prop::collection::vec(0u32..100, 5),
         ) {
-            let lp = one_kind(&items, room_cpu, room_mem, room_pods);
+            let DpCase { lp, v, all, best, cand } = dp_case(&items, room_cpu, room_mem, room_pods, &values);
             let kind = &lp.kinds[0];
-            let v: Vec<f64> = values.iter().take(items.len()).map(|x| f64::from(*x) / 10.0).collect();
-            let value_of = |p: &[u32]| p.iter().zip(&v).map(|(k, x)| f64::from(*k) * x).sum::<f64>();
-            let all = patterns(&lp, kind);
-            let best = all.iter().map(|p| value_of(p)).fold(0.0f64, f64::max);
-            let cand = candidates(&lp, kind, &v);
+            let value_of = |p: &[u32]| value_of(&v, p);
             prop_assume!(!cand.is_empty());
             let exact = exact_pattern(kind, &lp.items, &v, &cand, DP_STATES, &mut DpWork(u64::MAX)).unwrap();
             prop_assert!((exact.value - best).abs() <= 1e-9 * best.max(1.0), "dp {} vs best {}", exact.value, best);
@@ -1681,13 +1716,9 @@ mod tests {
             values in prop::collection::vec(0u32..100, 5),
             enough in 0u32..50,
         ) {
-            let lp = one_kind(&items, room_cpu, room_mem, room_pods);
+            let DpCase { lp, v, all, best, cand } = dp_case(&items, room_cpu, room_mem, room_pods, &values);
             let kind = &lp.kinds[0];
-            let v: Vec<f64> = values.iter().take(items.len()).map(|x| f64::from(*x) / 10.0).collect();
-            let value_of = |p: &[u32]| p.iter().zip(&v).map(|(k, x)| f64::from(*k) * x).sum::<f64>();
-            let all = patterns(&lp, kind);
-            let best = all.iter().map(|p| value_of(p)).fold(0.0f64, f64::max);
-            let cand = candidates(&lp, kind, &v);
+            let value_of = |p: &[u32]| value_of(&v, p);
             prop_assume!(!cand.is_empty());
             let (upper, found) = lagrangian_upper(kind, &lp.items, &v, &cand, f64::from(enough) / 10.0, &mut DpWork(u64::MAX)).unwrap();
             prop_assert!(upper >= best * (1.0 - 1e-9) - 1e-9, "upper {} < best {}", upper, best);
