@@ -152,6 +152,16 @@ pub trait CloudProvider: Send + Sync {
     /// Transport or API failures.
     async fn list(&self) -> Result<Vec<Instance>, CloudError>;
 
+    /// Deletes what launches left behind that nothing needs any more (on EC2, launch templates
+    /// idle past their grace), so NodeClass and AMI churn never piles up against cloud quotas.
+    /// Returns how many were deleted.
+    ///
+    /// # Errors
+    /// Transport or API failures; the next garbage-collection pass tries again.
+    async fn collect_unused(&self) -> Result<usize, CloudError> {
+        Ok(0)
+    }
+
     /// The instance types and offerings this cloud sells, with current availability.
     ///
     /// # Errors

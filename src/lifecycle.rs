@@ -70,6 +70,8 @@ pub struct LifecycleReport {
     pub finalized: usize,
     /// Orphaned instances terminated.
     pub orphans_terminated: usize,
+    /// Unused cloud resources deleted (launch templates).
+    pub unused_deleted: usize,
 }
 
 /// The controller; one per leader.
@@ -426,6 +428,11 @@ impl Lifecycle {
             }
         }
         self.missing_seen.retain(|k, _| missing_now.contains(k));
+
+        match self.cloud.collect_unused().await {
+            Ok(n) => report.unused_deleted += n,
+            Err(e) => warn!(error = %e, "gc: cannot collect unused launch templates"),
+        }
     }
 }
 

@@ -370,6 +370,55 @@ async fn launch_template_is_created_once_and_reused() {
 }
 
 #[tokio::test]
+async fn unused_launch_templates_are_deleted_and_recreated_when_needed() {
+    let Some(e) = env("ltgc").await else {
+        return;
+    };
+    let templates = || async {
+        e.ec2
+            .client()
+            .describe_launch_templates()
+            .filters(
+                Filter::builder()
+                    .name("tag:kubernetes.io/cluster/ltgc")
+                    .values("owned")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .launch_templates()
+            .len()
+    };
+    e.ec2
+        .create(&claim("gc-a", &["m5.large"], &["on-demand"]), &e.node_class)
+        .await
+        .unwrap();
+    assert_eq!(templates().await, 1);
+    // With the default grace a template just created and used is kept.
+    assert_eq!(e.ec2.collect_unused().await.unwrap(), 0);
+    assert_eq!(templates().await, 1);
+    // A process that has not used it, with no grace, deletes it.
+    let mut cfg = config(&e.name, &e.proxy.url);
+    cfg.launch_template_idle = Duration::ZERO;
+    let mut gc = Ec2Provider::with_static_credentials(cfg, "ltgc-2");
+    gc.share_catalog_cache(shared_catalog());
+    assert_eq!(gc.collect_unused().await.unwrap(), 1);
+    assert_eq!(templates().await, 0);
+    assert_eq!(e.proxy.calls("DeleteLaunchTemplate").len(), 1);
+    // The first provider still caches the deleted template's id: its next launch finds it gone,
+    // forgets the id and creates the template again.
+    let b = e
+        .ec2
+        .create(&claim("gc-b", &["m5.large"], &["on-demand"]), &e.node_class)
+        .await
+        .unwrap();
+    assert!(b.instance_id.starts_with("i-"), "{b:?}");
+    assert_eq!(e.proxy.calls("CreateLaunchTemplate").len(), 2);
+    assert_eq!(templates().await, 1);
+}
+
+#[tokio::test]
 async fn create_fleet_spot_and_on_demand_with_tags_and_token() {
     let Some(e) = env("fleet").await else { return };
     let spot_claim = claim(

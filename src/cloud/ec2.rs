@@ -23,8 +23,9 @@ pub mod launch_template;
 pub mod nodeclass;
 pub mod userdata;
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::retry::{RetryConfig, RetryPartition};
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
@@ -59,6 +60,7 @@ pub const API_ACTIONS: &[&str] = &[
     "DescribeSecurityGroups",
     "DescribeSpotPriceHistory",
     "DescribeSubnets",
+    "DeleteLaunchTemplate",
     "TerminateInstances",
 ];
 
@@ -66,6 +68,8 @@ pub const API_ACTIONS: &[&str] = &[
 pub const TYPES_TTL: Duration = Duration::from_secs(60 * 60);
 /// How long spot prices are cached.
 pub const SPOT_PRICES_TTL: Duration = Duration::from_secs(5 * 60);
+/// Default for [`Ec2Config::launch_template_idle`]: far longer than any launch holds a template id.
+pub const LAUNCH_TEMPLATE_IDLE: Duration = Duration::from_secs(30 * 60);
 /// How long a resolved NodeClass is reused before its selectors are looked up again.
 pub const NODECLASS_TTL: Duration = Duration::from_secs(60);
 
@@ -100,6 +104,9 @@ pub struct Ec2Config {
     pub launch_retries: u32,
     /// Page size for DescribeInstances (EC2 allows 5–1000).
     pub page_size: i32,
+    /// How long a launch template may go unused (by this process) and unmodified before garbage
+    /// collection deletes it; a later launch that needs it creates it again.
+    pub launch_template_idle: Duration,
 }
 
 impl Ec2Config {
@@ -119,6 +126,7 @@ impl Ec2Config {
             initial_backoff: Duration::from_millis(500),
             launch_retries: 3,
             page_size: 1000,
+            launch_template_idle: LAUNCH_TEMPLATE_IDLE,
         }
     }
 
@@ -169,6 +177,8 @@ pub struct Ec2Provider {
     spot_prices: Cache<(), Arc<SpotPrices>>,
     node_classes: Cache<String, Arc<ResolvedNodeClass>>,
     launch_templates: Cache<String, String>,
+    /// When this process last handed out each template (by name), so GC spares templates in use.
+    template_use: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
 }
 
 impl std::fmt::Debug for Ec2Provider {
@@ -216,6 +226,7 @@ impl Ec2Provider {
                 .max_capacity(1024)
                 .time_to_live(TYPES_TTL)
                 .build(),
+            template_use: Arc::default(),
         }
     }
 
@@ -470,6 +481,10 @@ impl CloudProvider for Ec2Provider {
                 .build(),
         ])
         .await
+    }
+
+    async fn collect_unused(&self) -> Result<usize, CloudError> {
+        self.collect_launch_templates().await
     }
 
     #[tracing::instrument(skip(self))]

@@ -113,6 +113,10 @@ impl CloudProvider for DemoEc2Cloud {
         self.inner.list().await
     }
 
+    async fn collect_unused(&self) -> Result<usize, CloudError> {
+        self.inner.collect_unused().await
+    }
+
     async fn catalog(&self) -> Result<Arc<Catalog>, CloudError> {
         let sold = self.inner.catalog().await?;
         Ok(Arc::new(priced_from(&self.embedded, &sold)))

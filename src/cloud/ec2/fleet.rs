@@ -24,7 +24,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::errors::{ErrorClass, classify, classify_code};
-use super::launch_template::launch_template_spec;
+use super::launch_template::{is_missing_template, launch_template_spec};
 use super::nodeclass::ResolvedNodeClass;
 use super::{Ec2Provider, TAG_NODECLAIM_UID, TAG_NODECLASS};
 use crate::cloud::candidates::{
@@ -388,6 +388,9 @@ impl Ec2Provider {
                 if c.code.as_deref() == Some("IdempotentParameterMismatch") {
                     return FleetOutcome::TokenReused;
                 }
+                if let Some(code) = c.code.as_deref().filter(|c| is_missing_template(c)) {
+                    return self.template_vanished(code, &c.message);
+                }
                 match c.class {
                     ErrorClass::Capacity => FleetOutcome::CapacityFailed(
                         a.offerings.iter().map(|o| o.key.clone()).collect(),
@@ -408,6 +411,16 @@ impl Ec2Provider {
                 }
             }
         }
+    }
+
+    /// A cached template was deleted (by garbage collection or by hand): forget the cached ids
+    /// and retry, which recreates it.
+    fn template_vanished(&self, code: &str, message: &str) -> FleetOutcome {
+        tracing::warn!(code, message, "launch template is gone; recreating it");
+        self.forget_launch_templates();
+        FleetOutcome::Retry(CloudError::Other(format!(
+            "create fleet: {code}: {message}"
+        )))
     }
 
     async fn read_fleet_reply(&self, a: &Attempt<'_>, out: &CreateFleetOutput) -> FleetOutcome {
@@ -541,6 +554,12 @@ impl Ec2Provider {
         }
         if !capacity_failures.is_empty() {
             return FleetOutcome::CapacityFailed(capacity_failures);
+        }
+        if let Some((code, message)) = other_errors
+            .iter()
+            .find(|(code, _)| is_missing_template(code))
+        {
+            return self.template_vanished(code, message);
         }
         if let Some((code, message)) = other_errors.into_iter().next() {
             return match classify_code(&code) {

@@ -9,6 +9,8 @@
 //! links it by providerID, and the instance carries it as a tag.
 
 use std::collections::BTreeMap;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_ec2::types::{
     Filter, LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
@@ -342,6 +344,7 @@ impl Ec2Provider {
         spec: &LaunchTemplateSpec,
     ) -> Result<String, CloudError> {
         let name = spec.name();
+        self.note_template_use(&name);
         if let Some(id) = self.launch_templates.get(&name).await {
             return Ok(id);
         }
@@ -398,6 +401,97 @@ impl Ec2Provider {
         Ok(id)
     }
 
+    fn note_template_use(&self, name: &str) {
+        self.template_use
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), Instant::now());
+    }
+
+    fn template_in_use(&self, name: &str, idle: Duration) -> bool {
+        self.template_use
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .is_some_and(|t| t.elapsed() < idle)
+    }
+
+    /// Forgets every cached template id, after EC2 said one no longer exists; the next launch
+    /// looks each up again and recreates what is gone.
+    pub fn forget_launch_templates(&self) {
+        self.launch_templates.invalidate_all();
+    }
+
+    /// Deletes this cluster's `gantry/…` launch templates that are older than
+    /// `launch_template_idle` and that this process has not used for as long, so templates of
+    /// deleted NodeClasses, old AMIs or changed pools do not pile up against EC2's quota of
+    /// 5,000 per region. A launch racing a deletion sees its template missing, forgets the
+    /// cached id and retries, which recreates it.
+    ///
+    /// # Errors
+    /// API failures other than "already gone".
+    pub async fn collect_launch_templates(&self) -> Result<usize, CloudError> {
+        let idle = self.config.launch_template_idle;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let idle_secs = i64::try_from(idle.as_secs()).unwrap_or(i64::MAX);
+        let mut next: Option<String> = None;
+        let mut deleted = 0;
+        loop {
+            let out = self
+                .client
+                .describe_launch_templates()
+                .filters(
+                    Filter::builder()
+                        .name(format!("tag:{}", self.config.cluster_tag_key()))
+                        .values("owned")
+                        .build(),
+                )
+                .max_results(200)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(to_cloud_error("describe launch templates"))?;
+            for t in out.launch_templates() {
+                let (Some(name), Some(id)) = (t.launch_template_name(), t.launch_template_id())
+                else {
+                    continue;
+                };
+                let old_enough = t
+                    .create_time()
+                    .is_some_and(|c| now.saturating_sub(c.secs()) >= idle_secs);
+                if !name.starts_with("gantry/") || !old_enough || self.template_in_use(name, idle) {
+                    continue;
+                }
+                self.launch_templates.invalidate(name).await;
+                match self
+                    .client
+                    .delete_launch_template()
+                    .launch_template_id(id)
+                    .send()
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(launch_template.name = %name, launch_template.id = %id, "deleted unused launch template");
+                        deleted += 1;
+                    }
+                    Err(e) => {
+                        let c = classify(&e);
+                        if !is_missing_template(c.code.as_deref().unwrap_or_default()) {
+                            return Err(c.into_cloud_error("delete launch template"));
+                        }
+                    }
+                }
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(deleted)
+    }
+
     async fn find_launch_template(&self, name: &str) -> Result<Option<String>, CloudError> {
         let out = self
             .client
@@ -420,9 +514,29 @@ impl Ec2Provider {
     }
 }
 
+/// Whether an EC2 error code says a launch template (or its version) does not exist.
+pub fn is_missing_template(code: &str) -> bool {
+    code.starts_with("InvalidLaunchTemplate") && code.contains("NotFound")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_template_codes() {
+        assert!(is_missing_template("InvalidLaunchTemplateId.NotFound"));
+        assert!(is_missing_template(
+            "InvalidLaunchTemplateName.NotFoundException"
+        ));
+        assert!(is_missing_template(
+            "InvalidLaunchTemplateId.VersionNotFound"
+        ));
+        assert!(!is_missing_template(
+            "InvalidLaunchTemplateName.AlreadyExistsException"
+        ));
+        assert!(!is_missing_template("InvalidInstanceID.NotFound"));
+    }
     use crate::kube::crd::{EC2NodeClassSpec, NodeClaimSpec, ResolvedAmi};
 
     fn claim(pool: &str) -> NodeClaim {
