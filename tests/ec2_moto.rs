@@ -923,7 +923,7 @@ async fn errors_are_classified() {
     e.proxy.fail(
         "CreateFleet",
         Fault::FleetErrors {
-            code: "InvalidLaunchTemplateId.NotFound",
+            code: "InvalidFleetConfiguration",
             fail_types: None,
             launch: false,
         },
@@ -938,6 +938,25 @@ async fn errors_are_classified() {
             .await,
         Err(CloudError::Config { .. })
     ));
+    // ...except a missing launch template: the cached id is forgotten and the launch retried.
+    e.proxy.fail(
+        "CreateFleet",
+        Fault::FleetErrors {
+            code: "InvalidLaunchTemplateId.NotFound",
+            fail_types: None,
+            launch: false,
+        },
+        1,
+    );
+    let before = e.proxy.calls("CreateFleet").len();
+    e.ec2
+        .create(
+            &claim("cls-3b", &["m5.large"], &["on-demand"]),
+            &e.node_class,
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.proxy.calls("CreateFleet").len(), before + 2);
     // Permission errors on terminate are configuration errors.
     e.proxy.fail(
         "TerminateInstances",

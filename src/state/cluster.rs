@@ -370,18 +370,6 @@ impl ClusterIndex {
         }
     }
 
-    /// Pods that the scheduler marked unschedulable, for the demand ledger.
-    pub fn unschedulable_pods(&self) -> impl Iterator<Item = &PodView> {
-        self.pods
-            .values()
-            .filter(|p| p.unschedulable && p.node_name.is_none() && !p.terminal)
-    }
-
-    /// A pod by UID.
-    pub fn pod(&self, uid: &str) -> Option<&PodView> {
-        self.pods.get(uid)
-    }
-
     /// Every NodePool, for the admission webhook's satisfiability check.
     pub fn nodepools(&self) -> Vec<NodePool> {
         self.nodepools
