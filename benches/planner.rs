@@ -114,6 +114,15 @@ fn karpenter_pods(n: usize) -> Vec<PodDemand> {
         .collect()
 }
 
+/// Two DaemonSet pods on every node (150m, 200 MiB between them); each takes a pod slot, as the
+/// planner's own DaemonSet accounting does.
+fn daemonsets() -> Resources {
+    Resources {
+        pods: 2,
+        ..Resources::cpu_mem(150, 200 * MI)
+    }
+}
+
 fn spot_pools() -> Vec<NodePoolView> {
     let spot = NodePoolView {
         name: "spot".into(),
@@ -123,7 +132,7 @@ fn spot_pools() -> Vec<NodePoolView> {
             &["spot"],
         )]),
         taints: vec![Taint::new("spot", "true", Effect::NoSchedule)],
-        daemon_overhead: Resources::cpu_mem(150, 200 * MI),
+        daemon_overhead: daemonsets(),
         ..NodePoolView::default_pool()
     };
     let od = NodePoolView {
@@ -133,7 +142,7 @@ fn spot_pools() -> Vec<NodePoolView> {
             "karpenter.sh/capacity-type",
             &["on-demand"],
         )]),
-        daemon_overhead: Resources::cpu_mem(150, 200 * MI),
+        daemon_overhead: daemonsets(),
         ..NodePoolView::default_pool()
     };
     vec![spot, od]
