@@ -1458,12 +1458,7 @@ impl<'a> Packer<'a> {
         if ids.len() < 2 {
             return;
         }
-        let mut shape_of = vec![usize::MAX; self.input.pods.len()];
-        for (si, shape) in self.shapes.iter().enumerate() {
-            for p in &shape.pods {
-                shape_of[*p] = si;
-            }
-        }
+        let shape_of = self.shape_of_pods();
         // Current cheapest type, price and free room of each bin.
         let mut state: Vec<(usize, usize, f64, Amount)> = Vec::with_capacity(ids.len());
         for &b in &ids {
@@ -1630,12 +1625,7 @@ impl<'a> Packer<'a> {
             waste: f64,
             lean: f64,
         }
-        let mut shape_of = vec![usize::MAX; self.input.pods.len()];
-        for (si, shape) in self.shapes.iter().enumerate() {
-            for p in &shape.pods {
-                shape_of[*p] = si;
-            }
-        }
+        let shape_of = self.shape_of_pods();
         let mut evals = 0usize;
         let mut cache: SplitCache = HashMap::new();
         for _ in 0..PASSES {
@@ -1763,6 +1753,18 @@ impl<'a> Packer<'a> {
         }
     }
 
+    /// Each pending pod's shape index (`usize::MAX` for pods in no shape), for passes that move
+    /// pods between bins by shape.
+    fn shape_of_pods(&self) -> Vec<usize> {
+        let mut shape_of = vec![usize::MAX; self.input.pods.len()];
+        for (si, shape) in self.shapes.iter().enumerate() {
+            for p in &shape.pods {
+                shape_of[*p] = si;
+            }
+        }
+        shape_of
+    }
+
     /// LP rounding: re-packs the pods of unconstrained shapes from the configuration LP's
     /// solution, and keeps the result when it is cheaper than the packing it replaces.
     ///
@@ -1771,11 +1773,11 @@ impl<'a> Packer<'a> {
     /// their own, counted by no other pending pod's selector, no zone pin): for those, any node
     /// of an allowed type with an offering every pod allows is valid, so each LP pattern is a
     /// node. Column generation (bounded by [`ROUNDING_BUDGET`]) solves the configuration LP
-    /// over their pods; `floor(x)` nodes of each pattern are taken, the LP is solved again on
-    /// what is left (at most [`ROUNDING_PASSES`] times), and the last pods are packed greedily.
-    /// Each node is the cheapest type of any such pool that holds its pods. Returns whether the
-    /// packing changed; it changes only when the new one costs less and leaves no more pods
-    /// unschedulable.
+    /// over their pods and `floor(x)` nodes of each pattern are taken; the rest is then either
+    /// packed greedily or rounded by diving (at most [`ROUNDING_DIVE_STEPS`] re-solves), and
+    /// the cheaper packing is the candidate. Each node is the cheapest type of its pods' first
+    /// pool that holds them. Returns whether the packing changed; it changes only when the new
+    /// one costs less and leaves no more pods unschedulable.
     pub fn round_lp(&mut self) -> bool {
         let Some(candidate) = self.lp_rounded() else {
             return false;
@@ -1903,10 +1905,11 @@ impl<'a> Packer<'a> {
         let mut nodes: Vec<Vec<u32>> = Vec::new();
         let x = super::lower_bound::master_primal(&columns, &remaining)?;
         take_whole(&columns, &x, &mut remaining, &mut nodes);
-        let greedy = self.build_rounded(&ids, &nodes, &shape_of_item);
+        let shape_of = self.shape_of_pods();
+        let greedy = self.build_rounded(&ids, &nodes, &shape_of_item, &shape_of);
         dive(&columns, &mut remaining, &mut nodes, ROUNDING_DIVE_STEPS);
         let dived = if remaining.iter().all(|r| *r == 0) {
-            self.build_rounded(&ids, &nodes, &shape_of_item)
+            self.build_rounded(&ids, &nodes, &shape_of_item, &shape_of)
         } else {
             None
         };
@@ -1917,21 +1920,17 @@ impl<'a> Packer<'a> {
     }
 
     /// The packing with new bins `ids` replaced by one node per pattern of `nodes` (pods per
-    /// item; `shape_of_item` maps items to shapes), and the pods no pattern took packed greedily
-    /// (first fit into those nodes, then new nodes), then merged and absorbed.
+    /// item; `shape_of_item` maps items to shapes, `shape_of` pods to shapes), and the pods no
+    /// pattern took packed greedily (first fit into those nodes, then new nodes), then merged
+    /// and absorbed.
     fn build_rounded(
         &self,
         ids: &[usize],
         nodes: &[Vec<u32>],
         shape_of_item: &[usize],
+        shape_of: &[usize],
     ) -> Option<Self> {
         let mut out = self.clone();
-        let mut shape_of = vec![usize::MAX; self.input.pods.len()];
-        for (si, shape) in self.shapes.iter().enumerate() {
-            for p in &shape.pods {
-                shape_of[*p] = si;
-            }
-        }
         let mut stacks: Vec<Vec<usize>> = vec![Vec::new(); self.shapes.len()];
         let mut removed = vec![false; self.bins.len()];
         for &b in ids {
@@ -2553,12 +2552,7 @@ impl Packer<'_> {
     /// and no two conflicting items together.
     pub(crate) fn pattern_lp(&self, placed_new: &[bool], plan: &Plan) -> PatternLp {
         let (mut lp, item_of) = self.pattern_items(placed_new, false);
-        let mut shape_of = vec![usize::MAX; self.input.pods.len()];
-        for (si, shape) in self.shapes.iter().enumerate() {
-            for p in &shape.pods {
-                shape_of[*p] = si;
-            }
-        }
+        let shape_of = self.shape_of_pods();
         for c in &plan.claims {
             let mut counts = vec![0u32; lp.items.len()];
             let mut ok = !c.pods.is_empty();
