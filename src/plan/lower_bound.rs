@@ -855,9 +855,7 @@ impl Table {
         }
         (dp[n - 1], taken)
     }
-}
 
-impl Table {
     /// The pattern (pods per item) of the best value at the full room, read back layer by
     /// layer from [`Table::solve`]'s bits: a piece's bit at a state says its layer took it.
     fn read_back(
@@ -928,19 +926,32 @@ fn exact_pattern(
             counts: None,
         });
     };
-    let ok = cand.iter().all(|(s, u)| counts[*s] <= *u) && {
-        let mut used = [0i64; DIMS];
-        for (s, c) in counts.iter().enumerate() {
-            for d in 0..DIMS {
-                used[d] += items[s].req[d] * i64::from(*c);
-            }
-        }
-        (0..DIMS).all(|d| used[d] <= kind.room[d])
-    };
+    let ok = pattern_fits(kind, items, cand, &counts);
     Some(ExactPattern {
         value: best,
         counts: ok.then_some(counts),
     })
+}
+
+/// Whether a pattern read back from a table keeps within the candidates' caps and the kind's
+/// room in every resource (the tables cover only the resources the candidates use, in whole
+/// units, so the read-back is checked against the real room).
+fn pattern_fits(
+    kind: &PatternKind,
+    items: &[PatternItem],
+    cand: &[(usize, u32)],
+    counts: &[u32],
+) -> bool {
+    if !cand.iter().all(|(s, u)| counts[*s] <= *u) {
+        return false;
+    }
+    let mut used = [0i64; DIMS];
+    for (s, c) in counts.iter().enumerate() {
+        for d in 0..DIMS {
+            used[d] += items[s].req[d] * i64::from(*c);
+        }
+    }
+    (0..DIMS).all(|d| used[d] <= kind.room[d])
 }
 
 /// Whether two candidates may not share a node (the dynamic programs do not model that).
@@ -1005,15 +1016,7 @@ fn lagrangian_upper(
             let record = pieces.len().saturating_mul(table.states) <= DP_RECORD_BITS;
             let (dp, taken) = table.solve(&pieces, record);
             if record && let Some(counts) = table.read_back(&pieces, &taken, cand, items.len()) {
-                let fits = cand.iter().all(|(s, u)| counts[*s] <= *u) && {
-                    let mut used = [0i64; DIMS];
-                    for (s, c) in counts.iter().enumerate() {
-                        for d in 0..DIMS {
-                            used[d] += items[s].req[d] * i64::from(*c);
-                        }
-                    }
-                    (0..DIMS).all(|d| used[d] <= kind.room[d])
-                };
+                let fits = pattern_fits(kind, items, cand, &counts);
                 let value: f64 = counts
                     .iter()
                     .zip(values)
@@ -1597,7 +1600,7 @@ mod tests {
             let v: Vec<f64> = values.iter().take(items.len()).map(|x| f64::from(*x) / 10.0).collect();
             let best = patterns(&lp, &lp.kinds[0])
                 .iter()
-                .map(|p| p.iter().zip(&v).map(|(k, x)| f64::from(*k) * x).sum::<f64>())
+                .map(|p| value_of(&v, p))
                 .fold(0.0f64, f64::max);
             let r = best_pattern(&lp.kinds[0], &lp.items, &v, budget, true, &mut DpWork(u64::MAX));
             prop_assert!(r.upper >= best * (1.0 - 1e-9) - 1e-9, "upper {} < best {}", r.upper, best);
