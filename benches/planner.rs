@@ -13,7 +13,7 @@ use gantry::model::catalog::{Arch, Catalog, InstanceType};
 use gantry::model::pod::{TopologyKey, TopologySpread};
 use gantry::model::requirements::{PodSelector, Requirement, Requirements};
 use gantry::model::resources::names;
-use gantry::model::taints::{Effect, Taint, Toleration, TolerationOperator};
+use gantry::model::taints::{Effect, Taint, Toleration};
 use gantry::model::{CapacityType, NodePoolView, PodDemand, Resources};
 use gantry::plan::lower_bound::{PatternBudget, plan_bounds, plan_bounds_with};
 use gantry::plan::{PlanInput, plan};
@@ -163,11 +163,7 @@ fn microservices() -> Vec<PodDemand> {
             let mut p = PodDemand::simple("svc", &format!("svc{d}-{r}"), req.clone());
             p.labels = BTreeMap::from([("app".to_string(), format!("svc{d}"))]);
             if spot_ok {
-                p.tolerations.push(Toleration {
-                    key: "spot".into(),
-                    operator: TolerationOperator::Exists,
-                    ..Default::default()
-                });
+                p.tolerations.push(Toleration::exists("spot"));
             }
             pods.push(p);
         }

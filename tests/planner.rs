@@ -798,11 +798,7 @@ fn arb_pod(i: usize) -> impl Strategy<Value = PodDemand> {
                 _ => {}
             }
             if tolerate {
-                p.tolerations.push(Toleration {
-                    key: "spot".into(),
-                    operator: TolerationOperator::Exists,
-                    ..Default::default()
-                });
+                p.tolerations.push(Toleration::exists("spot"));
             }
             p
         })
@@ -905,11 +901,7 @@ fn arb_free_pods() -> impl Strategy<Value = Vec<PodDemand>> {
                     p.node_selector = Requirements(vec![Requirement::is_in(ARCH, &["arm64"])]);
                 }
                 if tolerate {
-                    p.tolerations.push(Toleration {
-                        key: "spot".into(),
-                        operator: TolerationOperator::Exists,
-                        ..Default::default()
-                    });
+                    p.tolerations.push(Toleration::exists("spot"));
                 }
                 out.push(p);
             }

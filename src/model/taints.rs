@@ -85,6 +85,15 @@ pub struct Toleration {
 }
 
 impl Toleration {
+    /// Tolerates every taint with `key`, whatever its value and effect (an empty key: any taint).
+    pub fn exists(key: &str) -> Self {
+        Toleration {
+            key: key.to_string(),
+            operator: TolerationOperator::Exists,
+            ..Default::default()
+        }
+    }
+
     /// Whether this toleration matches the taint, by the rules of `v1.Toleration.ToleratesTaint`.
     pub fn tolerates(&self, taint: &Taint) -> bool {
         if self.effect.is_some_and(|e| e != taint.effect) {
