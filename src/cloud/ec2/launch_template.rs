@@ -522,6 +522,7 @@ pub fn is_missing_template(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kube::crd::{EC2NodeClassSpec, NodeClaimSpec, ResolvedAmi};
 
     #[test]
     fn missing_template_codes() {
@@ -537,7 +538,6 @@ mod tests {
         ));
         assert!(!is_missing_template("InvalidInstanceID.NotFound"));
     }
-    use crate::kube::crd::{EC2NodeClassSpec, NodeClaimSpec, ResolvedAmi};
 
     fn claim(pool: &str) -> NodeClaim {
         let mut c = NodeClaim::new(
